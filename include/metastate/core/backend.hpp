@@ -1,0 +1,44 @@
+// Backend tags, chosen at compile time; a more specific backend falls back by inheritance.
+#pragma once
+
+#include <xsimd/xsimd.hpp>
+
+namespace metastate::backend {
+
+/// Plain loops: the reference every other backend must match.
+struct scalar {};
+/// The fused lazy Eigen expression: the generic path and the test oracle.
+struct eigen : scalar {};
+
+/// The 8-lane architecture when the compiler targets AVX2 (with AVX-512VL the compiler
+/// also gets 32 registers for it); otherwise the best one xsimd was compiled for.
+#if XSIMD_WITH_FMA3_AVX2
+using default_simd_arch = xsimd::fma3<xsimd::avx2>;
+#elif XSIMD_WITH_AVX2
+using default_simd_arch = xsimd::avx2;
+#else
+using default_simd_arch = xsimd::default_arch;
+#endif
+
+/// The fused xsimd kernel. Head sizes that are not a multiple of the lane count fall back
+/// to the `eigen` backend, as do storage types it does not vectorise.
+template <class Arch = default_simd_arch>
+struct simd : eigen {
+  using arch = Arch;
+};
+
+/// Reserved for the CUDA specialisations (`cuda/metastate/cuda/`); it has no host fallback,
+/// so asking for it on host memory is a compile error, not a silent CPU run.
+struct cuda {};
+
+/// What the public functions use when no backend is named.
+using default_backend = simd<>;
+
+/// "scalar", "eigen", "simd", "cuda".
+inline const char* name(scalar) { return "scalar"; }
+inline const char* name(eigen) { return "eigen"; }
+template <class A>
+const char* name(simd<A>) { return "simd"; }
+inline const char* name(cuda) { return "cuda"; }
+
+}  // namespace metastate::backend

@@ -1,0 +1,35 @@
+// OpenMP policy: threads only at the outermost independent axis, never nested, compiled out cleanly.
+#pragma once
+
+#include "metastate/core/config.hpp"
+#if METASTATE_HAS_OPENMP
+#include <omp.h>
+#endif
+
+namespace metastate {
+
+/// How many threads a call may use: `0` means the OpenMP default (`OMP_NUM_THREADS`).
+struct exec_policy {
+  int threads = 0;
+};
+
+/// The thread count a call will run with: 1 without OpenMP or inside a parallel region.
+inline int resolve_threads(const exec_policy& policy) {
+#if METASTATE_HAS_OPENMP
+  if (omp_in_parallel()) return 1;
+  return policy.threads > 0 ? policy.threads : omp_get_max_threads();
+#else
+  (void)policy;
+  return 1;
+#endif
+}
+
+inline int thread_index() {
+#if METASTATE_HAS_OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+}  // namespace metastate

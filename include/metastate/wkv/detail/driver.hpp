@@ -1,0 +1,198 @@
+// WKV-7 driver: the problem description, per-token input loading, and the threaded unit loop.
+#pragma once
+#include "metastate/detail/internal_header_check.hpp"
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <type_traits>
+#include <vector>
+
+#include "metastate/core/head_size.hpp"
+#include "metastate/core/parallel.hpp"
+#include "metastate/core/views.hpp"
+
+namespace metastate::wkv7 {
+
+/// How the decay tensor `w` is given: the decay itself, `w ∈ (0, 1]`, or its log, `λ = log w ≤ 0`.
+enum class decay_input { w, log_w };
+
+/// The six per-token inputs of the WKV-7 op, each `[B, T, H, N]`.
+template <class T>
+struct inputs {
+  sequence_view<const T> r, w, k, v, a, b;
+};
+
+}  // namespace metastate::wkv7
+
+namespace metastate::wkv7::detail {
+
+/// Everything a kernel needs; shapes were checked by the public entry point.
+template <class T, class A>
+struct problem {
+  inputs<T> in;
+  state_view<A> state;
+  sequence_view<T> y;
+  decay_input decay;
+  index_t batch, tokens, heads;
+  int n;
+};
+
+/// Fixed-size storage for a static head size, a vector for a dynamic one.
+template <class A, int N, int Count>
+using scratch = std::conditional_t<N == dynamic, std::vector<A>, std::array<A, (N == dynamic ? 1 : N * Count)>>;
+
+template <class A, int N, int Count>
+scratch<A, N, Count> make_scratch(int n) {
+  if constexpr (N == dynamic)
+    return std::vector<A>(static_cast<std::size_t>(n) * Count);
+  else
+    return {};
+}
+
+/// Gives a unit the accumulate-type pointers of one token of one (batch, head): the storage
+/// itself when it already is the accumulate type, else a converted copy (also `exp(λ)`).
+template <class T, class A, int N>
+class token_loader {
+  static constexpr bool direct = std::is_same_v<std::remove_const_t<T>, A>;
+
+ public:
+  struct token {
+    const A *r, *w, *k, *v, *a, *b;
+  };
+
+  token_loader(const problem<T, A>& p, index_t b, index_t h)
+      : p_(p), b_(b), h_(h), n_(p.n), buf_(make_scratch<A, N, 8>(p.n)) {}
+
+  int n() const { return n_; }
+
+  token load(index_t t) {
+    const auto& in = p_.in;
+    token tok;
+    tok.r = get(in.r, t, 0);
+    tok.k = get(in.k, t, 2);
+    tok.v = get(in.v, t, 3);
+    tok.a = get(in.a, t, 4);
+    tok.b = get(in.b, t, 5);
+    if (p_.decay == decay_input::log_w) {
+      const T* src = in.w.at(b_, t, h_);
+      A* dst = slot(1);
+      for (int j = 0; j < n_; ++j) dst[j] = std::exp(static_cast<A>(src[j]));
+      tok.w = dst;
+    } else {
+      tok.w = get(in.w, t, 1);
+    }
+    return tok;
+  }
+
+  /// `a` of token `t` in its own slot, so it can be held while token `t - 1` is processed.
+  const A* load_a_ahead(index_t t) { return get(p_.in.a, t, 6); }
+
+  /// Where the kernel writes y (rows [row0, row1)) for token t; then call `commit_y`.
+  A* y_target(index_t t) {
+    if constexpr (direct) return p_.y.at(b_, t, h_);
+    else return slot(7);
+  }
+  void commit_y(index_t t, int row0, int row1) {
+    if constexpr (!direct) {
+      T* dst = p_.y.at(b_, t, h_);
+      const A* src = slot(7);
+      for (int i = row0; i < row1; ++i) dst[i] = static_cast<T>(src[i]);
+    } else {
+      (void)t, (void)row0, (void)row1;
+    }
+  }
+
+ private:
+  A* slot(int s) { return buf_.data() + static_cast<std::size_t>(s) * n_; }
+  const A* get(const sequence_view<const T>& x, index_t t, int s) {
+    const T* src = x.at(b_, t, h_);
+    if constexpr (direct) {
+      (void)s;
+      return src;
+    } else {
+      A* dst = slot(s);
+      for (int j = 0; j < n_; ++j) dst[j] = static_cast<A>(src[j]);
+      return dst;
+    }
+  }
+
+  const problem<T, A>& p_;
+  index_t b_, h_;
+  int n_;
+  scratch<A, N, 8> buf_;
+};
+
+/// One piece of work: the rows [row0, row1) of the state of (b, h).
+struct unit {
+  index_t b, h;
+  int row0, row1;
+};
+
+/// Below this many state-element updates a call runs on one thread (fork cost dominates).
+inline constexpr double parallel_min_updates = 1 << 15;
+
+/// Runs `Unit` kernels over batch x heads (and, when those are fewer than the threads, over
+/// row blocks of `granularity` rows: rows are independent). Each thread keeps the tokens
+/// loop outermost over its units: the [B,T,H,N] inputs of one token are then contiguous.
+/// When `Unit::transposed`, each state is transposed in place before and after the tokens.
+template <class Unit, class T, class A>
+void run_units(const problem<T, A>& p, const exec_policy& policy, int granularity) {
+  const index_t items = p.batch * p.heads;
+  if (items == 0 || p.tokens == 0) return;
+  int threads = resolve_threads(policy);
+  if (double(items) * p.tokens * p.n * p.n < parallel_min_updates) threads = 1;
+  const int row_groups = (p.n + granularity - 1) / granularity;
+  const int parts = items >= threads ? 1 : std::min<int>(row_groups, (threads + items - 1) / items);
+  const int rows_per_part = (row_groups + parts - 1) / parts * granularity;
+  const index_t units = items * parts;
+  if (threads > units) threads = static_cast<int>(units);
+
+  auto unit_at = [&](index_t u) {
+    const index_t item = u / parts;
+    const int part = static_cast<int>(u % parts);
+    return unit{item / p.heads, item % p.heads, part * rows_per_part, std::min(p.n, (part + 1) * rows_per_part)};
+  };
+  auto transpose_all = [&] {
+#if METASTATE_HAS_OPENMP
+#pragma omp for schedule(static)
+#endif
+    for (index_t item = 0; item < items; ++item) Unit::transpose(p.state.data() + item * p.n * p.n, p.n);
+  };
+
+#if METASTATE_HAS_OPENMP
+#pragma omp parallel num_threads(threads) if (threads > 1)
+#endif
+  {
+    if constexpr (Unit::transposed) transpose_all();
+    const int tid = thread_index();
+    const index_t first = units * tid / threads, last = units * (tid + 1) / threads;
+    if (last - first == 1 || p.tokens == 1) {
+      for (index_t u = first; u < last; ++u) {
+        Unit k(p, unit_at(u));
+        for (index_t t = 0; t < p.tokens; ++t) k.token(t);
+      }
+    } else {
+      std::vector<Unit> mine;
+      mine.reserve(static_cast<std::size_t>(last - first));
+      for (index_t u = first; u < last; ++u) mine.emplace_back(p, unit_at(u));
+      for (index_t t = 0; t < p.tokens; ++t)
+        for (auto& k : mine) k.token(t);
+    }
+    if constexpr (Unit::transposed) {
+#if METASTATE_HAS_OPENMP
+#pragma omp barrier
+#endif
+      transpose_all();
+    }
+  }
+}
+
+/// In-place transpose of a row-major n x n matrix.
+template <class A>
+void transpose_square(A* s, int n) {
+  for (int i = 0; i < n; ++i)
+    for (int j = i + 1; j < n; ++j) std::swap(s[i * n + j], s[j * n + i]);
+}
+
+}  // namespace metastate::wkv7::detail

@@ -1,0 +1,149 @@
+// WKV-7 `simd` backend: fused xsimd kernels for float arithmetic and head sizes that are a
+// multiple of the lane count.
+#pragma once
+#include "metastate/detail/internal_header_check.hpp"
+
+#include <xsimd/xsimd.hpp>
+
+#include "metastate/wkv/detail/driver.hpp"
+
+namespace metastate::wkv7::detail {
+
+/// Token-at-a-time kernel on the state in its own layout (row = value index). Used for
+/// `step` and short sequences. Per block of L rows: one pass forms u = S a for the L rows,
+/// a second pass updates them and forms y; the L horizontal sums of each pass are done
+/// together by one `haddp`.
+template <class Arch, class T, int N>
+class simd_row_unit {
+  using batch = xsimd::batch<float, Arch>;
+  static constexpr int L = static_cast<int>(batch::size);
+
+ public:
+  static constexpr bool transposed = false;
+  static void transpose(float*, int) {}
+
+  simd_row_unit(const problem<T, float>& p, const unit& u)
+      : p_(p), u_(u), load_(p, u.b, u.h), s_(p.state.at(u.b, u.h)) {}
+
+  void token(index_t t) {
+    const int n = head_size<N>(p_.n).value();
+    const auto x = load_.load(t);
+    float* y = load_.y_target(t);
+    alignas(64) float removal[L];
+    batch acc[L];
+    for (int i0 = u_.row0; i0 < u_.row1; i0 += L) {
+      float* block = s_ + static_cast<index_t>(i0) * n;
+      for (int q = 0; q < L; ++q) acc[q] = batch(0.f);
+      for (int j = 0; j < n; j += L) {
+        const batch a = batch::load_unaligned(x.a + j);
+        for (int q = 0; q < L; ++q) acc[q] = xsimd::fma(batch::load_unaligned(block + q * n + j), a, acc[q]);
+      }
+      xsimd::haddp(acc).store_aligned(removal);
+      for (int q = 0; q < L; ++q) {
+        const batch uq(removal[q]), vq(x.v[i0 + q]);
+        float* row = block + q * n;
+        batch out(0.f);
+        for (int j = 0; j < n; j += L) {
+          batch s = batch::load_unaligned(row + j) * batch::load_unaligned(x.w + j);
+          s = xsimd::fma(uq, batch::load_unaligned(x.b + j), s);
+          s = xsimd::fma(vq, batch::load_unaligned(x.k + j), s);
+          s.store_unaligned(row + j);
+          out = xsimd::fma(s, batch::load_unaligned(x.r + j), out);
+        }
+        acc[q] = out;
+      }
+      xsimd::haddp(acc).store_unaligned(y + i0);
+    }
+    load_.commit_y(t, u_.row0, u_.row1);
+  }
+
+ private:
+  const problem<T, float>& p_;
+  unit u_;
+  token_loader<T, float, N> load_;
+  float* s_;
+};
+
+/// Sequence kernel on the TRANSPOSED state (column j of S contiguous over the rows), so a
+/// vector holds L rows and no horizontal sum is ever needed. One pass per token updates
+/// the state, forms y = S_t r_t, and already forms the next token's u = S_t a_{t+1}
+/// (removing the u -> update dependency of a two-pass kernel). Blocks of `RB` row vectors
+/// share the five broadcast key-axis values of each column.
+template <class Arch, class T, int N>
+class simd_transposed_unit {
+  using batch = xsimd::batch<float, Arch>;
+  static constexpr int L = static_cast<int>(batch::size);
+  static constexpr int RB = 4;
+
+ public:
+  static constexpr bool transposed = true;
+  static void transpose(float* s, int n) { transpose_square(s, n); }
+
+  simd_transposed_unit(const problem<T, float>& p, const unit& u)
+      : p_(p), u_(u), load_(p, u.b, u.h), s_(p.state.at(u.b, u.h)), removal_(make_scratch<float, N, 1>(p.n)) {
+    // u for the first token: u = S_0 a_0, column by column.
+    const int n = head_size<N>(p_.n).value();
+    const float* a = load_.load_a_ahead(0);
+    for (int i = u_.row0; i < u_.row1; i += L) {
+      batch acc(0.f);
+      for (int j = 0; j < n; ++j) acc = xsimd::fma(batch::load_unaligned(s_ + j * n + i), batch(a[j]), acc);
+      acc.store_unaligned(removal_.data() + i);
+    }
+  }
+
+  void token(index_t t) {
+    const auto x = load_.load(t);
+    // The last token has no successor; its "next u" is computed from its own a and unused.
+    const float* a_next = t + 1 < p_.tokens ? load_.load_a_ahead(t + 1) : x.a;
+    float* y = load_.y_target(t);
+    int i = u_.row0;
+    for (; i + RB * L <= u_.row1; i += RB * L) rows<RB>(i, x, a_next, y);
+    for (; i < u_.row1; i += L) rows<1>(i, x, a_next, y);
+    load_.commit_y(t, u_.row0, u_.row1);
+  }
+
+ private:
+  template <int R>
+  void rows(int i0, const typename token_loader<T, float, N>::token& x, const float* a_next, float* y) {
+    const int n = head_size<N>(p_.n).value();
+    float* removal = removal_.data();
+    batch u[R], v[R], out[R], next[R];
+    for (int q = 0; q < R; ++q) {
+      u[q] = batch::load_unaligned(removal + i0 + q * L);
+      v[q] = batch::load_unaligned(x.v + i0 + q * L);
+      out[q] = batch(0.f);
+      next[q] = batch(0.f);
+    }
+    for (int j = 0; j < n; ++j) {
+      const batch w(x.w[j]), b(x.b[j]), k(x.k[j]), r(x.r[j]), a(a_next[j]);
+      float* column = s_ + static_cast<index_t>(j) * n + i0;
+      for (int q = 0; q < R; ++q) {
+        batch s = batch::load_unaligned(column + q * L) * w;
+        s = xsimd::fma(u[q], b, s);
+        s = xsimd::fma(v[q], k, s);
+        s.store_unaligned(column + q * L);
+        out[q] = xsimd::fma(s, r, out[q]);
+        next[q] = xsimd::fma(s, a, next[q]);
+      }
+    }
+    for (int q = 0; q < R; ++q) {
+      out[q].store_unaligned(y + i0 + q * L);
+      next[q].store_unaligned(removal + i0 + q * L);
+    }
+  }
+
+  const problem<T, float>& p_;
+  unit u_;
+  token_loader<T, float, N> load_;
+  float* s_;
+  scratch<float, N, 1> removal_;
+};
+
+/// The lane count of the simd backend's arithmetic on `Arch`.
+template <class Arch>
+inline constexpr int simd_lanes = static_cast<int>(xsimd::batch<float, Arch>::size);
+
+/// Sequences at least this long pay for the two in-place transposes of the state.
+inline constexpr index_t transposed_min_tokens = 4;
+
+}  // namespace metastate::wkv7::detail

@@ -1,0 +1,130 @@
+// The WKV-7 recurrence (SPEC §2): `step` and `sequence` over [B,T,H,N] inputs and [B,H,N,N] states.
+#pragma once
+
+#include <cmath>
+#include <string>
+#include <type_traits>
+
+#include "metastate/core/backend.hpp"
+#include "metastate/core/config.hpp"
+#include "metastate/core/error.hpp"
+#include "metastate/core/head_size.hpp"
+#include "metastate/core/parallel.hpp"
+#include "metastate/core/scalar_traits.hpp"
+#include "metastate/core/views.hpp"
+#include "metastate/wkv/detail/driver.hpp"
+#include "metastate/wkv/detail/eigen_kernel.hpp"
+#include "metastate/wkv/detail/scalar_kernel.hpp"
+#include "metastate/wkv/detail/simd_kernel.hpp"
+
+/// The WKV-7 op. Per (batch, head), with `S` the N x N state (row = value index):
+///   u_t = S_{t-1} a_t;  S_t = S_{t-1} diag(w_t) + u_t b_tᵀ + v_t k_tᵀ;  y_t = S_t r_t.
+///
+/// Aliasing: the state is the destination and is updated in place; `y` must not overlap
+/// the inputs or the state. Inputs are read-only.
+namespace metastate::wkv7 {
+
+/// Options of a call: threads, and how the decay is given.
+struct options {
+  exec_policy exec{};
+  decay_input decay = decay_input::w;
+};
+
+/// Throws value_error if a decay lies outside (0, 1] (or a log-decay is positive), or any
+/// input is not finite. Kernels do not check values in release builds; this is the
+/// validating API (it runs automatically when METASTATE_VALIDATE_VALUES is 1).
+template <class T>
+void validate_values(const inputs<T>& in, decay_input decay = decay_input::w) {
+  const std::pair<const char*, const sequence_view<const T>*> named[] = {
+      {"r", &in.r}, {"w", &in.w}, {"k", &in.k}, {"v", &in.v}, {"a", &in.a}, {"b", &in.b}};
+  for (const auto& [name, view] : named)
+    for (index_t i = 0; i < view->size(); ++i) {
+      const double x = static_cast<double>(view->data()[i]);
+      if (!std::isfinite(x))
+        throw value_error(std::string("wkv7: tensor '") + name + "' has a non-finite value at flat index " +
+                          std::to_string(i));
+    }
+  for (index_t i = 0; i < in.w.size(); ++i) {
+    const double x = static_cast<double>(in.w.data()[i]);
+    if (decay == decay_input::w ? !(x > 0 && x <= 1) : !(x <= 0))
+      throw value_error(std::string("wkv7: decay '") + (decay == decay_input::w ? "w" : "log w") +
+                        "' = " + std::to_string(x) + " at flat index " + std::to_string(i) + " is outside " +
+                        (decay == decay_input::w ? "(0, 1]" : "(-inf, 0]"));
+  }
+}
+
+namespace detail {
+
+template <int N, class T, class A>
+void run(backend::scalar, const problem<T, A>& p, const exec_policy& e) {
+  run_units<scalar_unit<T, A, N>>(p, e, 1);
+}
+
+template <int N, class T, class A>
+void run(backend::eigen, const problem<T, A>& p, const exec_policy& e) {
+  run_units<eigen_unit<T, A, N>>(p, e, eigen_unit<T, A, N>::block_rows);
+}
+
+template <int N, class Arch, class T, class A>
+void run(backend::simd<Arch>, const problem<T, A>& p, const exec_policy& e) {
+  constexpr int L = simd_lanes<Arch>;
+  if constexpr (!std::is_same_v<A, float> || (N != dynamic && N % L != 0)) {
+    run<N>(backend::eigen{}, p, e);  // no vector kernel for this type / head size
+  } else {
+    if (p.n % L != 0)
+      run<N>(backend::eigen{}, p, e);
+    else if (p.tokens >= transposed_min_tokens)
+      run_units<simd_transposed_unit<Arch, T, N>>(p, e, L);
+    else
+      run_units<simd_row_unit<Arch, T, N>>(p, e, L);
+  }
+}
+
+template <int N, class Backend, class T, class S>
+void checked_run(const char* context, const inputs<T>& in, state_view<S> state, sequence_view<T> y,
+                 const options& opt, bool single_token) {
+  static_assert(!std::is_same_v<Backend, backend::cuda> || METASTATE_CUDA_COMPILER,
+                "THE_CUDA_BACKEND_NEEDS_NVCC_AND_THE_METASTATE_CUDA_HEADERS");
+  static_assert(std::is_base_of_v<backend::scalar, Backend> || std::is_same_v<Backend, backend::cuda>,
+                "UNKNOWN_BACKEND__USE_A_TAG_FROM_METASTATE_BACKEND");
+  static_assert(std::is_same_v<S, accum_t<T>>,
+                "THE_STATE_MUST_HAVE_THE_ACCUMULATE_TYPE_OF_THE_STORAGE_TYPE__FLOAT_FOR_HALF_AND_BFLOAT16");
+  static_assert(!std::is_const_v<T>, "OUTPUT_Y_MUST_BE_WRITABLE");
+  const auto& shape = in.r.shape();
+  const index_t n = N == dynamic ? shape[3] : N;
+  const std::array<index_t, 4> expected{shape[0], single_token ? 1 : shape[1], shape[2], n};
+  const std::pair<const char*, const sequence_view<const T>*> named[] = {
+      {"r", &in.r}, {"w", &in.w}, {"k", &in.k}, {"v", &in.v}, {"a", &in.a}, {"b", &in.b}};
+  for (const auto& [name, view] : named) {
+    expect_shape(context, name, view->shape(), expected);
+    if (view->size() > 0 && view->data() == nullptr)
+      throw shape_error(std::string(context) + ": tensor '" + name + "' has no data");
+  }
+  expect_shape(context, "y", y.shape(), expected);
+  expect_shape(context, "state", state.shape(), std::array<index_t, 4>{shape[0], shape[2], n, n});
+  if ((y.size() > 0 && y.data() == nullptr) || (state.size() > 0 && state.data() == nullptr))
+    throw shape_error(std::string(context) + ": 'y' or 'state' has no data");
+  if (n <= 0) throw shape_error(std::string(context) + ": head size must be positive, got " + std::to_string(n));
+  if constexpr (METASTATE_VALIDATE_VALUES) validate_values(in, opt.decay);
+  const problem<T, S> p{in, state, y, opt.decay, shape[0], expected[1], shape[2], static_cast<int>(n)};
+  run<N>(Backend{}, p, opt.exec);
+}
+
+}  // namespace detail
+
+/// Runs T tokens: `state` holds S_0 on entry and S_T on return; `y` receives every y_t.
+/// `N` is the head size (or `dynamic`); `Backend` a tag from metastate::backend.
+/// Throws shape_error naming the tensor when a shape does not match `r`'s `[B,T,H,N]`.
+template <int N = dynamic, class Backend = backend::default_backend, class T, class S>
+void sequence(const inputs<T>& in, state_view<S> state, sequence_view<T> y, const options& opt = {}) {
+  detail::checked_run<N, Backend>("wkv7::sequence", in, state, y, opt, false);
+}
+
+/// One token for every batch row and head (inputs and `y` are `[B,1,H,N]`), the state
+/// updated in place. Allocates nothing on the heap for a static head size.
+template <int N = dynamic, class Backend = backend::default_backend, class T, class S>
+void step(const inputs<T>& in, state_view<S> state, sequence_view<T> y, const options& opt = {}) {
+  detail::checked_run<N, Backend>("wkv7::step", in, state, y, opt, true);
+}
+
+}  // namespace metastate::wkv7

@@ -1,0 +1,93 @@
+// Plain fp64 references written from SPEC.md, independent of the library's kernels.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <vector>
+
+namespace ref {
+
+/// One WKV-7 problem in fp64: inputs [B,T,H,N], initial state [B,H,N,N].
+struct wkv_problem {
+  int B, T, H, N;
+  std::vector<double> r, w, k, v, a, b, s0;
+  std::size_t seq_size() const { return std::size_t(B) * T * H * N; }
+  std::size_t state_size() const { return std::size_t(B) * H * N * N; }
+  std::size_t at(int bi, int t, int h) const { return ((std::size_t(bi) * T + t) * H + h) * N; }
+};
+
+/// Random inputs shaped like RWKV-7's: w = exp(-e^-0.5 sigmoid(d)) in (0.545, 1),
+/// a = -k̂, b = k̂ * alpha with unit k̂ per head, and a non-zero initial state.
+inline wkv_problem random_problem(int B, int T, int H, int N, std::uint64_t seed) {
+  wkv_problem p{B, T, H, N, {}, {}, {}, {}, {}, {}, {}};
+  std::mt19937_64 gen(seed);
+  std::uniform_real_distribution<double> uni(-1.0, 1.0);
+  std::normal_distribution<double> normal(0.0, 1.0);
+  const std::size_t n = p.seq_size();
+  for (auto* x : {&p.r, &p.w, &p.k, &p.v, &p.a, &p.b}) x->resize(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    p.r[i] = uni(gen);
+    p.k[i] = uni(gen);
+    p.v[i] = uni(gen);
+    p.w[i] = std::exp(-std::exp(-0.5) / (1.0 + std::exp(-2.0 * normal(gen))));
+  }
+  for (int bi = 0; bi < B; ++bi)
+    for (int t = 0; t < T; ++t)
+      for (int h = 0; h < H; ++h) {
+        const std::size_t o = p.at(bi, t, h);
+        double norm = 0;
+        std::vector<double> kappa(N);
+        for (int j = 0; j < N; ++j) norm += (kappa[j] = normal(gen)) * kappa[j];
+        norm = std::sqrt(norm);
+        for (int j = 0; j < N; ++j) {
+          const double alpha = 1.0 / (1.0 + std::exp(-normal(gen)));
+          p.a[o + j] = -kappa[j] / norm;
+          p.b[o + j] = kappa[j] / norm * alpha;
+        }
+      }
+  p.s0.resize(p.state_size());
+  for (auto& s : p.s0) s = 0.5 * uni(gen);
+  return p;
+}
+
+/// SPEC §2, literally: u = S a (old state); S = S diag(w) + u bᵀ + v kᵀ; y = S r.
+/// Returns y [B,T,H,N]; `state` holds S_0 on entry and S_T on return.
+inline std::vector<double> wkv7(const wkv_problem& p, std::vector<double>& state) {
+  const int N = p.N;
+  std::vector<double> y(p.seq_size()), u(N);
+  for (int bi = 0; bi < p.B; ++bi)
+    for (int h = 0; h < p.H; ++h) {
+      double* S = state.data() + (std::size_t(bi) * p.H + h) * N * N;
+      for (int t = 0; t < p.T; ++t) {
+        const std::size_t o = p.at(bi, t, h);
+        for (int i = 0; i < N; ++i) {
+          u[i] = 0;
+          for (int j = 0; j < N; ++j) u[i] += S[i * N + j] * p.a[o + j];
+        }
+        for (int i = 0; i < N; ++i)
+          for (int j = 0; j < N; ++j)
+            S[i * N + j] = S[i * N + j] * p.w[o + j] + u[i] * p.b[o + j] + p.v[o + i] * p.k[o + j];
+        for (int i = 0; i < N; ++i) {
+          double acc = 0;
+          for (int j = 0; j < N; ++j) acc += S[i * N + j] * p.r[o + j];
+          y[o + i] = acc;
+        }
+      }
+    }
+  return y;
+}
+
+/// ‖x − ref‖ / ‖ref‖.
+template <class X>
+double rms_relative(const std::vector<X>& x, const std::vector<double>& reference) {
+  double diff = 0, norm = 0;
+  for (std::size_t i = 0; i < reference.size(); ++i) {
+    const double d = static_cast<double>(x[i]) - reference[i];
+    diff += d * d;
+    norm += reference[i] * reference[i];
+  }
+  return std::sqrt(diff / norm);
+}
+
+}  // namespace ref

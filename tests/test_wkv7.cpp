@@ -1,0 +1,203 @@
+// WKV-7 op: every backend against the fp64 reference, and the op's algebraic properties.
+#include <doctest/doctest.h>
+
+#include <utility>
+
+#include "wkv_harness.hpp"
+
+namespace ms = metastate;
+using harness::run_sequence;
+using ms::backend::eigen;
+using ms::backend::scalar;
+using simd = ms::backend::simd<>;
+
+namespace {
+
+template <int N, class Backend, class T>
+void check_against_reference(int B, int T_, int H, double budget, std::uint64_t seed) {
+  const auto p = ref::random_problem(B, T_, H, N, seed);
+  std::vector<double> ref_state = p.s0;
+  const auto ref_y = ref::wkv7(p, ref_state);
+  for (bool dynamic_n : {false, true}) {
+    CAPTURE(N);
+    CAPTURE(B);
+    CAPTURE(T_);
+    CAPTURE(dynamic_n);
+    const auto got = dynamic_n ? run_sequence<ms::dynamic, Backend, T>(p) : run_sequence<N, Backend, T>(p);
+    CHECK(ref::rms_relative(got.y, ref_y) <= budget);
+    CHECK(ref::rms_relative(got.state, ref_state) <= budget);
+  }
+}
+
+template <class Backend, class T, int... Ns>
+void check_head_sizes(double budget) {
+  std::uint64_t seed = 1;
+  for (int B : {1, 3})
+    for (int T_ : {1, 17, 200}) (check_against_reference<Ns, Backend, T>(B, T_, 2, budget, seed++), ...);
+}
+
+}  // namespace
+
+TEST_CASE_TEMPLATE("wkv7 sequence matches the fp64 reference (f32, SPEC §7: 1e-6)", Backend, scalar, eigen,
+                   simd) {
+  check_head_sizes<Backend, float, 16, 24, 32, 64, 128>(1e-6);
+}
+
+TEST_CASE_TEMPLATE("wkv7 with double storage matches the fp64 reference to 1e-12", Backend, scalar, eigen,
+                   simd) {
+  check_head_sizes<Backend, double, 24, 64>(1e-12);
+}
+
+TEST_CASE_TEMPLATE("wkv7 with half and bfloat16 storage stays within 1e-2", Backend, scalar, eigen, simd) {
+  // The reference runs on the same rounded inputs, so the budget covers fp32 accumulation
+  // and the rounding of y; the state is fp32.
+  for (int T_ : {17, 200}) {
+    auto p = ref::random_problem(2, T_, 3, 32, 7);
+    auto round_all = [&](auto tag) {
+      using T = decltype(tag);
+      auto q = p;
+      for (auto* x : {&q.r, &q.w, &q.k, &q.v, &q.a, &q.b}) *x = harness::widen(harness::convert<T>(*x));
+      std::vector<double> state = q.s0;
+      const auto y = ref::wkv7(q, state);
+      const auto got = run_sequence<32, Backend, T>(q);
+      CHECK(ref::rms_relative(got.y, y) <= 1e-2);
+      CHECK(ref::rms_relative(got.state, state) <= 1e-2);
+    };
+    round_all(Eigen::half{});
+    round_all(Eigen::bfloat16{});
+  }
+}
+
+TEST_CASE_TEMPLATE("wkv7 sequence equals repeated step", Backend, scalar, eigen, simd) {
+  const auto p = ref::random_problem(1, 23, 3, 24, 11);
+  const auto whole = run_sequence<24, Backend, float>(p);
+  harness::stored_inputs<float> in(p);
+  std::vector<float> y(p.seq_size()), state = harness::convert<float>(p.s0);
+  for (int t = 0; t < p.T; ++t)
+    ms::wkv7::step<24, Backend>(in.all(t, 1), ms::state_view<float>(state.data(), 1, p.H, p.N),
+                                ms::sequence_view<float>(y.data() + std::size_t(t) * p.H * p.N, 1, 1, p.H, p.N));
+  // Step and sequence may sum in different orders (simd: row kernel vs transposed kernel).
+  CHECK(ref::rms_relative(y, whole.y) <= 1e-6);
+  CHECK(ref::rms_relative(state, whole.state) <= 1e-6);
+}
+
+TEST_CASE_TEMPLATE("wkv7 sequence split in two with the state carried equals one call", Backend, scalar, eigen,
+                   simd) {
+  const auto p = ref::random_problem(1, 41, 2, 32, 12);
+  const auto whole = run_sequence<32, Backend, float>(p);
+  harness::stored_inputs<float> in(p);
+  std::vector<float> y(p.seq_size()), state = harness::convert<float>(p.s0);
+  const ms::state_view<float> sv(state.data(), 1, p.H, p.N);
+  for (auto [t0, len] : {std::pair{0, 19}, std::pair{19, 22}})
+    ms::wkv7::sequence<32, Backend>(in.all(t0, len), sv,
+                                    ms::sequence_view<float>(y.data() + std::size_t(t0) * p.H * p.N, 1, len, p.H, p.N));
+  CHECK(ref::rms_relative(y, whole.y) <= 1e-6);
+  CHECK(ref::rms_relative(state, whole.state) <= 1e-6);
+}
+
+TEST_CASE_TEMPLATE("wkv7 segment composition: S_end = S_start P + S_end(S_start = 0)", Backend, scalar, eigen,
+                   simd) {
+  const int N = 24;
+  auto p = ref::random_problem(1, 9, 1, N, 13);
+  // P = prod_t (diag(w_t) + a_t b_tᵀ) in time order, in fp64.
+  std::vector<double> P(N * N, 0.0), next(N * N);
+  for (int i = 0; i < N; ++i) P[i * N + i] = 1;
+  for (int t = 0; t < p.T; ++t) {
+    const std::size_t o = p.at(0, t, 0);
+    for (int i = 0; i < N; ++i)
+      for (int j = 0; j < N; ++j) {
+        double acc = 0;
+        for (int m = 0; m < N; ++m) acc += P[i * N + m] * ((m == j ? p.w[o + j] : 0.0) + p.a[o + m] * p.b[o + j]);
+        next[i * N + j] = acc;
+      }
+    P.swap(next);
+  }
+  const auto with_start = run_sequence<N, Backend, float>(p);
+  auto zero_start = p;
+  std::fill(zero_start.s0.begin(), zero_start.s0.end(), 0.0);
+  const auto from_zero = run_sequence<N, Backend, float>(zero_start);
+  std::vector<double> composed(N * N);
+  for (int i = 0; i < N; ++i)
+    for (int j = 0; j < N; ++j) {
+      double acc = from_zero.state[i * N + j];
+      for (int m = 0; m < N; ++m) acc += p.s0[i * N + m] * P[m * N + j];
+      composed[i * N + j] = acc;
+    }
+  CHECK(ref::rms_relative(with_start.state, composed) <= 1e-6);
+}
+
+TEST_CASE_TEMPLATE("wkv7 does not drop the removal term: zeroing a and b changes the output", Backend, scalar,
+                   eigen, simd) {
+  const auto p = ref::random_problem(1, 17, 2, 32, 14);
+  auto no_removal = p;
+  std::fill(no_removal.a.begin(), no_removal.a.end(), 0.0);
+  std::fill(no_removal.b.begin(), no_removal.b.end(), 0.0);
+  const auto with = run_sequence<32, Backend, float>(p);
+  const auto without = run_sequence<32, Backend, float>(no_removal);
+  CHECK(ref::rms_relative(without.y, with.y) > 1e-2);
+  std::vector<double> state = no_removal.s0;
+  CHECK(ref::rms_relative(without.y, ref::wkv7(no_removal, state)) <= 1e-6);
+}
+
+TEST_CASE_TEMPLATE("wkv7 gives identical results on 1 and 2 threads", Backend, scalar, eigen, simd) {
+  // B*H = 1 makes two threads split the rows of one state; B*H = 6 splits the heads.
+  for (auto [B, H] : {std::pair{1, 1}, std::pair{2, 3}}) {
+    const auto p = ref::random_problem(B, 33, H, 64, 15);
+    ms::wkv7::options one, two;
+    one.exec.threads = 1;
+    two.exec.threads = 2;
+    const auto a = run_sequence<64, Backend, float>(p, one);
+    const auto b = run_sequence<64, Backend, float>(p, two);
+    CHECK(a.y == b.y);
+    CHECK(a.state == b.state);
+  }
+}
+
+TEST_CASE_TEMPLATE("wkv7 log-decay entry point equals the decay entry point", Backend, scalar, eigen, simd) {
+  const auto p = ref::random_problem(1, 17, 2, 32, 16);
+  auto logged = p;
+  for (auto& w : logged.w) w = std::log(w);
+  ms::wkv7::options opt;
+  opt.decay = ms::wkv7::decay_input::log_w;
+  const auto direct = run_sequence<32, Backend, float>(p);
+  const auto via_log = run_sequence<32, Backend, float>(logged, opt);
+  CHECK(ref::rms_relative(via_log.y, direct.y) <= 1e-6);
+  CHECK(ref::rms_relative(via_log.state, direct.state) <= 1e-6);
+}
+
+TEST_CASE("wkv7 rejects bad shapes with a message naming the tensor") {
+  const int B = 2, T_ = 3, H = 2, N = 16;
+  std::vector<float> buf(std::size_t(B) * T_ * H * N), state(std::size_t(B) * H * N * N), y(buf.size());
+  const ms::sequence_view<const float> good(buf.data(), B, T_, H, N), short_k(buf.data(), B, T_ - 1, H, N);
+  const ms::wkv7::inputs<float> bad_k{good, good, short_k, good, good, good};
+  const ms::state_view<float> sv(state.data(), B, H, N);
+  const ms::sequence_view<float> yv(y.data(), B, T_, H, N);
+  CHECK_THROWS_WITH_AS(ms::wkv7::sequence(bad_k, sv, yv),
+                       "wkv7::sequence: tensor 'k' has shape [2,2,2,16], expected [2,3,2,16]", ms::shape_error);
+  const ms::wkv7::inputs<float> in{good, good, good, good, good, good};
+  CHECK_THROWS_WITH_AS(ms::wkv7::sequence(in, ms::state_view<float>(state.data(), 1, H, N), yv),
+                       "wkv7::sequence: tensor 'state' has shape [1,2,16,16], expected [2,2,16,16]", ms::shape_error);
+  CHECK_THROWS_WITH_AS(ms::wkv7::sequence(in, sv, ms::sequence_view<float>(y.data(), B, T_, 1, N)),
+                       "wkv7::sequence: tensor 'y' has shape [2,3,1,16], expected [2,3,2,16]", ms::shape_error);
+  CHECK_THROWS_WITH_AS(ms::wkv7::sequence<32>(in, sv, yv),
+                       "wkv7::sequence: tensor 'r' has shape [2,3,2,16], expected [2,3,2,32]", ms::shape_error);
+  CHECK_THROWS_WITH_AS(ms::wkv7::step(in, sv, yv),
+                       "wkv7::step: tensor 'r' has shape [2,3,2,16], expected [2,1,2,16]", ms::shape_error);
+  const ms::sequence_view<const float> null_v(nullptr, B, T_, H, N);
+  CHECK_THROWS_WITH_AS(ms::wkv7::sequence(ms::wkv7::inputs<float>{good, good, good, null_v, good, good}, sv, yv),
+                       "wkv7::sequence: tensor 'v' has no data", ms::shape_error);
+}
+
+TEST_CASE("wkv7 validate_values rejects decays outside (0, 1] and non-finite inputs") {
+  auto p = ref::random_problem(1, 2, 1, 8, 17);
+  harness::stored_inputs<float> in(p);
+  CHECK_NOTHROW(ms::wkv7::validate_values(in.all()));
+  in.w[5] = 1.5f;
+  CHECK_THROWS_WITH_AS(ms::wkv7::validate_values(in.all()), doctest::Contains("outside (0, 1]"), ms::value_error);
+  CHECK_THROWS_WITH_AS(ms::wkv7::validate_values(in.all(), ms::wkv7::decay_input::log_w),
+                       doctest::Contains("outside (-inf, 0]"), ms::value_error);
+  in.w[5] = 0.9f;
+  in.k[3] = std::nanf("");
+  CHECK_THROWS_WITH_AS(ms::wkv7::validate_values(in.all()), doctest::Contains("tensor 'k' has a non-finite value"),
+                       ms::value_error);
+}
