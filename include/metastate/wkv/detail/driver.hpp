@@ -160,12 +160,8 @@ void run_units(const problem<T, A>& p, const exec_policy& policy, int granularit
     for (index_t item = 0; item < items; ++item) Unit::transpose(p.state.data() + item * p.n * p.n, p.n);
   };
 
-#if METASTATE_HAS_OPENMP
-#pragma omp parallel num_threads(threads) if (threads > 1)
-#endif
-  {
+  auto run_thread = [&](int tid) {
     if constexpr (Unit::transposed) transpose_all();
-    const int tid = thread_index();
     const index_t first = units * tid / threads, last = units * (tid + 1) / threads;
     if (last - first == 1 || p.tokens == 1) {
       for (index_t u = first; u < last; ++u) {
@@ -185,7 +181,16 @@ void run_units(const problem<T, A>& p, const exec_policy& policy, int granularit
 #endif
       transpose_all();
     }
+  };
+  // Even a one-thread parallel region costs about a microsecond: skip it for one thread.
+  if (threads == 1) {
+    run_thread(0);
+    return;
   }
+#if METASTATE_HAS_OPENMP
+#pragma omp parallel num_threads(threads)
+  run_thread(thread_index());
+#endif
 }
 
 /// In-place transpose of a row-major n x n matrix.
