@@ -54,6 +54,76 @@ int wkv7_command(const wkv7_args& args) {
   return 0;
 }
 
+struct forward_args {
+  std::string model, tokens, tokens_file, mode = "sequence", state_in, state_out, out;
+  int threads = 0, chunk = 128;
+};
+
+std::vector<std::int64_t> parse_tokens(const std::string& list) {
+  std::vector<std::int64_t> tokens;
+  std::size_t pos = 0;
+  while (pos < list.size()) {
+    const std::size_t comma = std::min(list.find(',', pos), list.size());
+    const std::string item = list.substr(pos, comma - pos);
+    std::size_t used = 0;
+    long long value = 0;
+    try {
+      value = std::stoll(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used == 0 || used != item.size()) throw ms::value_error("--tokens: '" + item + "' is not an integer");
+    tokens.push_back(value);
+    pos = comma + 1;
+  }
+  if (tokens.empty()) throw ms::value_error("--tokens: no tokens given");
+  return tokens;
+}
+
+std::vector<std::int64_t> read_tokens_file(const std::string& path) {
+  const auto file = ms::io::safetensors_file::open(path);
+  const auto& info = file.at("tokens");
+  if (info.type != ms::io::dtype::I64 && info.type != ms::io::dtype::I32)
+    throw ms::io_error(path + ": tensor 'tokens' must be I64 or I32, found " + ms::io::dtype_name(info.type));
+  if (info.numel() != (info.shape.empty() ? 1 : info.shape.back()))
+    throw ms::shape_error(path + ": tensor 'tokens' must be [T] or [1,T], found " + ms::shape_string(info.shape));
+  return file.read<std::int64_t>("tokens");
+}
+
+int forward_command(const forward_args& args) {
+  const auto weights = ms::model::load(ms::io::safetensors_file::open(args.model));
+  const auto tokens = args.tokens_file.empty() ? parse_tokens(args.tokens) : read_tokens_file(args.tokens_file);
+  ms::model::rwkv7_state state(weights.config, 1);
+  if (!args.state_in.empty()) ms::model::restore_state(state, ms::io::safetensors_file::open(args.state_in));
+  const auto T = static_cast<ms::index_t>(tokens.size());
+  std::vector<float> logits(tokens.size() * weights.config.vocab);
+  ms::model::forward_options opt;
+  opt.exec.threads = args.threads;
+  opt.chunk = args.mode == "step" ? 1 : args.chunk;
+  ms::model::forward(weights, tokens.data(), T, state, logits.data(), opt);
+
+  ms::io::safetensors_writer out;
+  out.add<float>("logits", {T, weights.config.vocab}, logits.data());
+  ms::model::add_state(out, state);
+  out.write(args.out);
+  if (!args.state_out.empty()) ms::model::save_state(state, args.state_out);
+  return 0;
+}
+
+struct init_args {
+  int layers = 0, width = 0, head_size = 64, vocab = 0;
+  std::uint64_t seed = 0;
+  std::string init = "official", out;
+};
+
+int init_command(const init_args& args) {
+  auto weights = ms::model::initialise(ms::model::make_config(args.layers, args.width, args.head_size, args.vocab),
+                                       args.seed,
+                                       args.init == "random" ? ms::model::init_kind::random : ms::model::init_kind::official);
+  ms::model::save(weights, args.out);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -71,9 +141,40 @@ int main(int argc, char** argv) {
   wkv7->add_option("--threads", wkv.threads, "OpenMP threads (0: OMP_NUM_THREADS or all)")
       ->check(CLI::NonNegativeNumber);
 
+  forward_args fwd;
+  auto* forward = app.add_subcommand("forward", "Run an RWKV-7 model on tokens: logits [T,V] and the final state");
+  forward->add_option("--model", fwd.model, "checkpoint (safetensors, official tensor names)")->required();
+  auto* tokens = forward->add_option("--tokens", fwd.tokens, "comma-separated token ids, e.g. 1,2,3");
+  auto* tokens_file = forward->add_option("--tokens-file", fwd.tokens_file, "safetensors file with an I64/I32 'tokens'");
+  tokens->excludes(tokens_file);
+  forward->add_option("--mode", fwd.mode, "sequence (chunked prefill) or step (one token at a time)")
+      ->check(CLI::IsMember({"sequence", "step"}))
+      ->capture_default_str();
+  forward->add_option("--chunk", fwd.chunk, "tokens per chunk in sequence mode")->check(CLI::PositiveNumber)->capture_default_str();
+  forward->add_option("--state-in", fwd.state_in, "start from this state (a --state-out or --out file)");
+  forward->add_option("--state-out", fwd.state_out, "also write the final state here");
+  forward->add_option("--out", fwd.out, "output: logits and state.{l}.att_x_prev/att_kv/ffn_x_prev")->required();
+  forward->add_option("--threads", fwd.threads, "threads (0: OMP_NUM_THREADS or all)")->check(CLI::NonNegativeNumber);
+
+  init_args ini;
+  auto* init = app.add_subcommand("init", "Write a randomly initialised RWKV-7 model (official x070 init rules)");
+  init->add_option("--layers", ini.layers, "layers")->required()->check(CLI::PositiveNumber);
+  init->add_option("--width", ini.width, "model width C")->required()->check(CLI::PositiveNumber);
+  init->add_option("--head-size", ini.head_size, "head size N (divides C)")->capture_default_str()->check(CLI::PositiveNumber);
+  init->add_option("--vocab", ini.vocab, "vocabulary size V")->required()->check(CLI::PositiveNumber);
+  init->add_option("--seed", ini.seed, "random seed")->capture_default_str();
+  init->add_option("--init", ini.init, "official, or random (every tensor non-zero: for tests)")
+      ->check(CLI::IsMember({"official", "random"}))
+      ->capture_default_str();
+  init->add_option("--out", ini.out, "output checkpoint")->required();
+
   CLI11_PARSE(app, argc, argv);
   try {
+    if (forward->parsed() && fwd.tokens.empty() && fwd.tokens_file.empty())
+      throw ms::value_error("forward: give --tokens or --tokens-file");
     if (wkv7->parsed()) return wkv7_command(wkv);
+    if (forward->parsed()) return forward_command(fwd);
+    if (init->parsed()) return init_command(ini);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "metastate: error: %s\n", e.what());
     return 1;

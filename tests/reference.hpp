@@ -79,13 +79,14 @@ inline std::vector<double> wkv7(const wkv_problem& p, std::vector<double>& state
 }
 
 /// ‖x − ref‖ / ‖ref‖.
-template <class X>
-double rms_relative(const std::vector<X>& x, const std::vector<double>& reference) {
+template <class X, class R>
+double rms_relative(const std::vector<X>& x, const std::vector<R>& reference) {
+  if (x.size() != reference.size()) return INFINITY;
   double diff = 0, norm = 0;
   for (std::size_t i = 0; i < reference.size(); ++i) {
-    const double d = static_cast<double>(x[i]) - reference[i];
+    const double d = static_cast<double>(x[i]) - static_cast<double>(reference[i]);
     diff += d * d;
-    norm += reference[i] * reference[i];
+    norm += static_cast<double>(reference[i]) * static_cast<double>(reference[i]);
   }
   return std::sqrt(diff / norm);
 }

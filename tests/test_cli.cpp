@@ -8,10 +8,11 @@
 #include <fstream>
 #include <string>
 
+#include "model_fixture.hpp"
+#include "reference_model.hpp"
 #include "wkv_harness.hpp"
 
 namespace ms = metastate;
-namespace fs = std::filesystem;
 
 namespace {
 
@@ -31,13 +32,6 @@ command_result run_cli(const std::string& args) {
   return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, output};
 }
 
-struct temp_dir {
-  fs::path path = fs::temp_directory_path() / ("metastate_cli_" + std::to_string(::getpid()));
-  temp_dir() { fs::create_directories(path); }
-  ~temp_dir() { fs::remove_all(path); }
-  std::string operator/(const std::string& name) const { return (path / name).string(); }
-};
-
 void write_problem(const ref::wkv_problem& p, const std::string& file, bool with_state) {
   ms::io::safetensors_writer out;
   const std::vector<std::int64_t> shape{p.B, p.T, p.H, p.N};
@@ -51,7 +45,7 @@ void write_problem(const ref::wkv_problem& p, const std::string& file, bool with
 }  // namespace
 
 TEST_CASE("metastate wkv7 matches the fp64 reference, for every backend and thread count") {
-  temp_dir dir;
+  fixture::temp_dir dir("cli");
   auto p = ref::random_problem(2, 19, 3, 24, 21);
   write_problem(p, dir / "in.safetensors", true);
   std::vector<double> state = p.s0;
@@ -69,7 +63,7 @@ TEST_CASE("metastate wkv7 matches the fp64 reference, for every backend and thre
 }
 
 TEST_CASE("metastate wkv7 starts from a zero state when s0 is absent") {
-  temp_dir dir;
+  fixture::temp_dir dir("cli");
   auto p = ref::random_problem(1, 5, 1, 16, 22);
   write_problem(p, dir / "in.safetensors", false);
   std::fill(p.s0.begin(), p.s0.end(), 0.0);
@@ -80,7 +74,7 @@ TEST_CASE("metastate wkv7 starts from a zero state when s0 is absent") {
 }
 
 TEST_CASE("metastate wkv7 rejects bad input with a message and a non-zero exit code") {
-  temp_dir dir;
+  fixture::temp_dir dir("cli");
   const auto p = ref::random_problem(1, 4, 2, 8, 23);
   const std::string in = dir / "in.safetensors", out = " --out " + dir / "out.safetensors";
   write_problem(p, in, true);
@@ -129,4 +123,62 @@ TEST_CASE("metastate wkv7 rejects bad input with a message and a non-zero exit c
   SUBCASE("an unknown backend") {
     CHECK(run_cli("wkv7 --in " + in + out + " --backend gpu").exit_code != 0);
   }
+}
+
+TEST_CASE("metastate init + forward match the fp64 reference in sequence and step mode") {
+  fixture::temp_dir dir("cli_forward");
+  const std::string model = dir / "m.safetensors";
+  REQUIRE(run_cli("init --layers 2 --width 64 --head-size 16 --vocab 70 --seed 3 --init random --out " + model)
+              .exit_code == 0);
+  const auto file = ms::io::safetensors_file::open(model);
+  const ref_model::rwkv7 reference(file);
+  const std::vector<std::int64_t> tokens{5, 0, 69, 12, 12, 40, 7};
+  auto ref_state = reference.zero_state();
+  const auto expected = reference.forward(tokens, ref_state);
+  std::vector<float> sequence_logits;
+  for (const char* mode : {"sequence", "step"}) {
+    CAPTURE(mode);
+    const auto res = run_cli("forward --model " + model + " --tokens 5,0,69,12,12,40,7 --mode " + mode +
+                             " --chunk 3 --out " + dir / "out.safetensors");
+    REQUIRE_MESSAGE(res.exit_code == 0, res.output);
+    const auto out = ms::io::safetensors_file::open(dir / "out.safetensors");
+    const auto logits = out.read<float>("logits", {7, 70});
+    CHECK(ref::rms_relative(logits, expected) <= 1e-5);
+    CHECK(ref::rms_relative(out.read<float>("state.1.att_kv", {4, 16, 16}), ref_state.att_kv[1]) <= 1e-5);
+    CHECK(ref::rms_relative(out.read<float>("state.0.ffn_x_prev", {64}), ref_state.ffn_x_prev[0]) <= 1e-5);
+    if (sequence_logits.empty()) sequence_logits = logits;
+    else CHECK(ref::rms_relative(logits, sequence_logits) <= 1e-6);
+  }
+}
+
+TEST_CASE("metastate forward continues from a saved state, reads a tokens file and rejects bad tokens") {
+  fixture::temp_dir dir("cli_state");
+  const std::string model = dir / "m.safetensors";
+  REQUIRE(run_cli("init --layers 1 --width 32 --head-size 16 --vocab 30 --init random --out " + model).exit_code == 0);
+  REQUIRE(run_cli("forward --model " + model + " --tokens 1,2,3,4,5 --out " + dir / "all.safetensors").exit_code == 0);
+  REQUIRE(run_cli("forward --model " + model + " --tokens 1,2,3 --state-out " + dir / "s.safetensors" + " --out " +
+                  dir / "a.safetensors")
+              .exit_code == 0);
+  ms::io::safetensors_writer tokens_file;
+  const std::int32_t rest[] = {4, 5};
+  tokens_file.add<std::int32_t>("tokens", {2}, rest);
+  tokens_file.write(dir / "tokens.safetensors");
+  const auto res = run_cli("forward --model " + model + " --tokens-file " + dir / "tokens.safetensors" +
+                           " --state-in " + dir / "s.safetensors" + " --out " + dir / "b.safetensors");
+  REQUIRE_MESSAGE(res.exit_code == 0, res.output);
+  const auto all = ms::io::safetensors_file::open(dir / "all.safetensors").read<float>("logits");
+  const auto tail = ms::io::safetensors_file::open(dir / "b.safetensors").read<float>("logits", {2, 30});
+  CHECK(ref::rms_relative(tail, std::vector<float>(all.begin() + 3 * 30, all.end())) <= 1e-6);
+
+  const auto bad = run_cli("forward --model " + model + " --tokens 1,30 --out " + dir / "x.safetensors");
+  CHECK(bad.exit_code != 0);
+  CHECK(bad.output.find("token 30 at position 1 is outside the vocabulary [0, 30)") != std::string::npos);
+  const auto junk = run_cli("forward --model " + model + " --tokens 1,x --out " + dir / "x.safetensors");
+  CHECK(junk.exit_code != 0);
+  CHECK(junk.output.find("'x' is not an integer") != std::string::npos);
+  REQUIRE(run_cli("init --layers 1 --width 32 --head-size 8 --vocab 30 --out " + dir / "other.safetensors").exit_code == 0);
+  const auto other = run_cli("forward --model " + dir / "other.safetensors" + " --tokens 1 --state-in " +
+                             dir / "s.safetensors" + " --out " + dir / "x.safetensors");
+  CHECK(other.exit_code != 0);
+  CHECK(other.output.find("the state is for a model with") != std::string::npos);
 }

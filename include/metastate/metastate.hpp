@@ -10,4 +10,7 @@
 #include "metastate/core/scalar_traits.hpp"
 #include "metastate/core/views.hpp"
 #include "metastate/io/safetensors.hpp"
+#include "metastate/model/rwkv7.hpp"
+#include "metastate/model/state.hpp"
+#include "metastate/model/weights.hpp"
 #include "metastate/wkv/wkv7.hpp"

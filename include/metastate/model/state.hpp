@@ -1,0 +1,101 @@
+// The recurrent state of an RWKV-7 model (per layer: token-shift rows and WKV states), and its files.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "metastate/core/error.hpp"
+#include "metastate/io/safetensors.hpp"
+#include "metastate/model/weights.hpp"
+
+namespace metastate::model {
+
+/// Scratch of the forward pass, owned by the state so that decoding allocates nothing
+/// after the first call (sizes only grow).
+struct forward_workspace {
+  matrix x, xn, prev, mix, r, w, k, v, a, b, g, y, v_first, lora, ffn;
+};
+
+/// The recurrent state of a batch of `batch` independent sequences. Copying forks it.
+struct rwkv7_state {
+  rwkv7_config config;
+  int batch = 0;
+  std::vector<matrix> att_x_prev;           ///< per layer [B, C]: previous token's ln1 output
+  std::vector<std::vector<float>> att_kv;   ///< per layer [B, H, N, N] WKV states (row = value index)
+  std::vector<matrix> ffn_x_prev;           ///< per layer [B, C]: previous token's ln2 output
+  forward_workspace work;
+
+  rwkv7_state() = default;
+  rwkv7_state(const rwkv7_config& c, int batch_rows) : config(c), batch(batch_rows) {
+    if (batch_rows <= 0) throw shape_error("rwkv7_state: batch must be positive, got " + std::to_string(batch_rows));
+    att_x_prev.assign(c.layers, matrix::Zero(batch, c.width));
+    ffn_x_prev.assign(c.layers, matrix::Zero(batch, c.width));
+    att_kv.assign(c.layers, std::vector<float>(std::size_t(batch) * c.heads * c.head_size * c.head_size, 0.0f));
+  }
+
+  /// Back to the start of a fresh sequence (all zero).
+  void reset() {
+    for (auto& m : att_x_prev) m.setZero();
+    for (auto& m : ffn_x_prev) m.setZero();
+    for (auto& s : att_kv) std::fill(s.begin(), s.end(), 0.0f);
+  }
+};
+
+namespace detail {
+
+/// The state's tensors with the names `metastate forward` writes: [C] / [H,N,N] for one
+/// sequence, with a leading batch axis for several.
+template <class State, class F>
+void for_each_state_tensor(State& s, F&& f) {
+  const auto& c = s.config;
+  const std::int64_t B = s.batch, C = c.width, H = c.heads, N = c.head_size;
+  auto shape = [&](std::vector<std::int64_t> inner) {
+    if (B > 1) inner.insert(inner.begin(), B);
+    return inner;
+  };
+  for (int l = 0; l < c.layers; ++l) {
+    const std::string p = "state." + std::to_string(l) + ".";
+    f(p + "att_x_prev", shape({C}), s.att_x_prev[l].data());
+    f(p + "att_kv", shape({H, N, N}), s.att_kv[l].data());
+    f(p + "ffn_x_prev", shape({C}), s.ffn_x_prev[l].data());
+  }
+}
+
+inline std::string config_string(const rwkv7_config& c, int batch) {
+  return "layers " + std::to_string(c.layers) + ", width " + std::to_string(c.width) + ", heads " +
+         std::to_string(c.heads) + ", head size " + std::to_string(c.head_size) + ", batch " + std::to_string(batch);
+}
+
+}  // namespace detail
+
+/// Adds the state's tensors and its shape metadata to a file being written.
+inline void add_state(io::safetensors_writer& out, const rwkv7_state& s) {
+  detail::for_each_state_tensor(s, [&](const std::string& name, const std::vector<std::int64_t>& shape,
+                                       const float* data) { out.add<float>(name, shape, data); });
+  out.set_metadata("state_shape", detail::config_string(s.config, s.batch));
+}
+
+/// Writes the state to a safetensors file (F32, bit-exact round trip).
+inline void save_state(const rwkv7_state& s, const std::string& path) {
+  io::safetensors_writer out;
+  add_state(out, s);
+  out.write(path);
+}
+
+/// Reads a state written by `save_state` (or by `metastate forward`) into `s`, refusing a
+/// file made for another model shape or batch.
+inline void restore_state(rwkv7_state& s, const io::safetensors_file& f) {
+  const std::string want = detail::config_string(s.config, s.batch);
+  const auto it = f.metadata().find("state_shape");
+  if (it == f.metadata().end())
+    throw io_error(f.source() + ": not a metastate state file (no 'state_shape' metadata)");
+  if (it->second != want)
+    throw shape_error(f.source() + ": the state is for a model with " + it->second + ", this one has " + want);
+  detail::for_each_state_tensor(s, [&](const std::string& name, const std::vector<std::int64_t>& shape,
+                                       float* data) {
+    const auto values = f.read<float>(name, shape);
+    std::copy(values.begin(), values.end(), data);
+  });
+}
+
+}  // namespace metastate::model

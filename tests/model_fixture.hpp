@@ -1,0 +1,36 @@
+// Random RWKV-7 checkpoints on disk, shared by the model and CLI tests.
+#pragma once
+
+#include <metastate/model/weights.hpp>
+
+#include <filesystem>
+#include <string>
+#include <unistd.h>
+
+namespace fixture {
+
+namespace fs = std::filesystem;
+
+/// A temporary directory removed at scope exit.
+struct temp_dir {
+  fs::path path;
+  explicit temp_dir(const std::string& tag)
+      : path(fs::temp_directory_path() / ("metastate_" + tag + "_" + std::to_string(::getpid()))) {
+    fs::create_directories(path);
+  }
+  ~temp_dir() { fs::remove_all(path); }
+  std::string operator/(const std::string& name) const { return (path / name).string(); }
+};
+
+/// A small config with custom ranks, FFN width, group size and attention width.
+inline metastate::model::rwkv7_config small_config(int layers, int width, int heads, int head_size, int vocab,
+                                                   int group_size = 0) {
+  metastate::model::rwkv7_config c;
+  c.layers = layers, c.width = width, c.heads = heads, c.head_size = head_size, c.vocab = vocab;
+  c.ffn_width = 2 * width + 8;
+  c.group_size = group_size ? group_size : head_size;
+  c.decay_rank = 8, c.icl_rank = 12, c.value_rank = 4, c.gate_rank = 16;
+  return c;
+}
+
+}  // namespace fixture

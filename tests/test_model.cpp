@@ -1,0 +1,171 @@
+// RWKV-7 model: against the fp64 reference, modes that must agree, batches, state files, loading errors.
+#include <doctest/doctest.h>
+
+#include <metastate/model/rwkv7.hpp>
+
+#include <random>
+
+#include "model_fixture.hpp"
+#include "reference.hpp"
+#include "reference_model.hpp"
+
+namespace ms = metastate;
+namespace mm = metastate::model;
+
+namespace {
+
+std::vector<std::int64_t> random_tokens(int count, int vocab, std::uint64_t seed) {
+  std::mt19937_64 gen(seed);
+  std::uniform_int_distribution<std::int64_t> d(0, vocab - 1);
+  std::vector<std::int64_t> t(count);
+  for (auto& x : t) x = d(gen);
+  return t;
+}
+
+std::vector<float> run(const mm::rwkv7_weights& w, const std::vector<std::int64_t>& tokens, mm::rwkv7_state& s,
+                       int chunk) {
+  const auto T = static_cast<ms::index_t>(tokens.size()) / s.batch;
+  std::vector<float> logits(tokens.size() * w.config.vocab);
+  mm::forward_options opt;
+  opt.chunk = chunk;
+  mm::forward(w, tokens.data(), T, s, logits.data(), opt);
+  return logits;
+}
+
+std::vector<double> flatten_kv(const mm::rwkv7_state& s) {
+  std::vector<double> out;
+  for (const auto& layer : s.att_kv) out.insert(out.end(), layer.begin(), layer.end());
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("rwkv7 model matches the fp64 reference (SPEC §7: 1e-5)") {
+  struct shape {
+    int layers, width, heads, head_size, vocab, group;
+  };
+  // Head sizes 16 and 64, a group size smaller than the head, an attention width != width.
+  for (const auto s : {shape{3, 64, 4, 16, 97, 0}, shape{2, 128, 2, 64, 211, 0}, shape{2, 64, 4, 16, 50, 8},
+                       shape{2, 64, 6, 16, 61, 48}}) {
+    CAPTURE(s.head_size);
+    CAPTURE(s.group);
+    CAPTURE(s.heads);
+    fixture::temp_dir dir("model");
+    auto w = mm::initialise(fixture::small_config(s.layers, s.width, s.heads, s.head_size, s.vocab, s.group), 5,
+                            mm::init_kind::random);
+    mm::save(w, dir / "m.safetensors");
+    const auto file = ms::io::safetensors_file::open(dir / "m.safetensors");
+    const auto loaded = mm::load(file);
+    const ref_model::rwkv7 reference(file);
+    const auto tokens = random_tokens(37, s.vocab, 6);
+    auto ref_state = reference.zero_state();
+    const auto expected = reference.forward(tokens, ref_state);
+    mm::rwkv7_state state(loaded.config, 1);
+    CHECK(ref::rms_relative(run(loaded, tokens, state, 16), expected) <= 1e-5);
+    std::vector<double> ref_kv;
+    for (const auto& layer : ref_state.att_kv) ref_kv.insert(ref_kv.end(), layer.begin(), layer.end());
+    CHECK(ref::rms_relative(flatten_kv(state), ref_kv) <= 1e-5);
+  }
+}
+
+TEST_CASE("rwkv7 sequence, step and prefill-then-continue agree") {
+  const auto w = mm::initialise(fixture::small_config(2, 64, 4, 16, 80), 7, mm::init_kind::random);
+  const auto tokens = random_tokens(29, 80, 8);
+  mm::rwkv7_state whole_state(w.config, 1);
+  const auto whole = run(w, tokens, whole_state, 128);
+  for (int chunk : {1, 4, 7}) {
+    CAPTURE(chunk);
+    mm::rwkv7_state s(w.config, 1);
+    CHECK(ref::rms_relative(run(w, tokens, s, chunk), whole) <= 1e-6);
+    CHECK(ref::rms_relative(flatten_kv(s), flatten_kv(whole_state)) <= 1e-6);
+  }
+  // Prefill 20 tokens, then continue token by token from the returned state.
+  mm::rwkv7_state s(w.config, 1);
+  auto logits = run(w, {tokens.begin(), tokens.begin() + 20}, s, 8);
+  for (std::size_t t = 20; t < tokens.size(); ++t) {
+    const auto one = run(w, {tokens[t]}, s, 1);
+    logits.insert(logits.end(), one.begin(), one.end());
+  }
+  CHECK(ref::rms_relative(logits, whole) <= 1e-6);
+}
+
+TEST_CASE("rwkv7 batch rows equal separate runs") {
+  const auto w = mm::initialise(fixture::small_config(2, 64, 4, 16, 80), 9, mm::init_kind::random);
+  const int B = 3, T = 11;
+  const auto tokens = random_tokens(B * T, 80, 10);
+  mm::rwkv7_state batch(w.config, B);
+  const auto together = run(w, tokens, batch, 4);
+  for (int b = 0; b < B; ++b) {
+    mm::rwkv7_state single(w.config, 1);
+    const auto alone = run(w, {tokens.begin() + b * T, tokens.begin() + (b + 1) * T}, single, 4);
+    const std::vector<float> row(together.begin() + b * T * 80, together.begin() + (b + 1) * T * 80);
+    CHECK(ref::rms_relative(row, alone) <= 1e-6);
+  }
+}
+
+TEST_CASE("rwkv7 state save and restore round-trips bit-exactly and refuses another shape") {
+  const auto w = mm::initialise(fixture::small_config(2, 64, 4, 16, 80), 11, mm::init_kind::random);
+  fixture::temp_dir dir("state");
+  mm::rwkv7_state s(w.config, 2);
+  run(w, random_tokens(2 * 9, 80, 12), s, 4);
+  mm::save_state(s, dir / "s.safetensors");
+  mm::rwkv7_state restored(w.config, 2);
+  mm::restore_state(restored, ms::io::safetensors_file::open(dir / "s.safetensors"));
+  for (int l = 0; l < w.config.layers; ++l) {
+    CHECK(restored.att_x_prev[l] == s.att_x_prev[l]);
+    CHECK(restored.att_kv[l] == s.att_kv[l]);
+    CHECK(restored.ffn_x_prev[l] == s.ffn_x_prev[l]);
+  }
+  // Continuing from the restored state equals continuing from the original.
+  const auto more = random_tokens(2 * 3, 80, 13);
+  CHECK(run(w, more, restored, 2) == run(w, more, s, 2));
+
+  mm::rwkv7_state other_batch(w.config, 1);
+  CHECK_THROWS_WITH_AS(mm::restore_state(other_batch, ms::io::safetensors_file::open(dir / "s.safetensors")),
+                       doctest::Contains("the state is for a model with layers 2, width 64, heads 4, head size 16, batch 2"),
+                       ms::shape_error);
+  mm::rwkv7_state other_model(fixture::small_config(2, 64, 2, 32, 80), 2);
+  CHECK_THROWS_AS(mm::restore_state(other_model, ms::io::safetensors_file::open(dir / "s.safetensors")),
+                  ms::shape_error);
+  mm::rwkv7_state wrong(fixture::small_config(2, 64, 2, 32, 80), 1);
+  std::vector<float> logits(80);
+  CHECK_THROWS_AS(mm::forward(w, more.data(), 1, wrong, logits.data()), ms::shape_error);
+}
+
+TEST_CASE("rwkv7 forward rejects tokens outside the vocabulary") {
+  const auto w = mm::initialise(fixture::small_config(1, 32, 2, 16, 40), 14, mm::init_kind::random);
+  mm::rwkv7_state s(w.config, 1);
+  const std::vector<std::int64_t> tokens{3, 40};
+  std::vector<float> logits(2 * 40);
+  CHECK_THROWS_WITH_AS(mm::forward(w, tokens.data(), 2, s, logits.data()),
+                       "rwkv7 forward: token 40 at position 1 is outside the vocabulary [0, 40)", ms::value_error);
+}
+
+TEST_CASE("rwkv7 load reports missing, extra and mis-shaped tensors by name") {
+  auto w = mm::initialise(fixture::small_config(2, 32, 2, 16, 40), 15, mm::init_kind::random);
+  fixture::temp_dir dir("load");
+  auto write_without = [&](const std::string& skip, const std::string& extra, const std::string& reshape) {
+    ms::io::safetensors_writer out;
+    for (auto& p : mm::parameters(w)) {
+      if (p.name == skip) continue;
+      auto shape = p.shape;
+      if (p.name == reshape) shape = {p.size()};  // a matrix flattened
+      out.add<float>(p.name, shape, p.data);
+    }
+    if (!extra.empty()) out.add<float>(extra, {1}, w.emb.data());
+    out.write(dir / "bad.safetensors");
+    return ms::io::safetensors_file::open(dir / "bad.safetensors");
+  };
+  CHECK_THROWS_WITH(mm::load(write_without("blocks.1.att.a2", "", "")),
+                    doctest::Contains("missing tensor 'blocks.1.att.a2'"));
+  CHECK_THROWS_WITH(mm::load(write_without("", "blocks.0.att.bogus", "")),
+                    doctest::Contains("unexpected tensor 'blocks.0.att.bogus'"));
+  CHECK_THROWS_WITH(mm::load(write_without("", "", "blocks.1.att.key.weight")),
+                    doctest::Contains("tensor 'blocks.1.att.key.weight' has shape [1024], expected [32,32]"));
+  // Vectors may be stored [C] instead of [1,1,C].
+  ms::io::safetensors_writer out;
+  for (auto& p : mm::parameters(w)) out.add<float>(p.name, {p.size()}, p.data);  // everything flat...
+  out.write(dir / "flat.safetensors");
+  CHECK_THROWS_WITH(mm::load(ms::io::safetensors_file::open(dir / "flat.safetensors")),
+                    doctest::Contains("expected a matrix"));  // ...which matrices may not be
+}
