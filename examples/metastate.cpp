@@ -111,16 +111,57 @@ int forward_command(const forward_args& args) {
 }
 
 struct init_args {
-  int layers = 0, width = 0, head_size = 64, vocab = 0;
+  int layers = 0, width = 0, head_size = 64, vocab = 0, sse_dim = 0;
   std::uint64_t seed = 0;
-  std::string init = "official", out;
+  std::string init = "official", block = "ffn", out;
 };
 
+/// "ffn", "meta-state", or a comma-separated list with one kind per layer.
+std::vector<ms::model::block_kind> parse_blocks(const std::string& spec, int layers) {
+  std::vector<ms::model::block_kind> kinds;
+  std::size_t pos = 0;
+  while (pos <= spec.size()) {
+    const std::size_t comma = std::min(spec.find(',', pos), spec.size());
+    const std::string item = spec.substr(pos, comma - pos);
+    if (item == "ffn") kinds.push_back(ms::model::block_kind::channel_mix);
+    else if (item == "meta-state") kinds.push_back(ms::model::block_kind::meta_state);
+    else throw ms::value_error("--block: '" + item + "' is neither 'ffn' nor 'meta-state'");
+    pos = comma + 1;
+  }
+  if (kinds.size() == 1) kinds.assign(layers, kinds[0]);
+  if (static_cast<int>(kinds.size()) != layers)
+    throw ms::value_error("--block: " + std::to_string(kinds.size()) + " kinds for " + std::to_string(layers) + " layers");
+  return kinds;
+}
+
 int init_command(const init_args& args) {
-  auto weights = ms::model::initialise(ms::model::make_config(args.layers, args.width, args.head_size, args.vocab),
-                                       args.seed,
+  auto config = ms::model::make_config(args.layers, args.width, args.head_size, args.vocab);
+  config.blocks = parse_blocks(args.block, args.layers);
+  if (args.sse_dim) config.sse_dim = args.sse_dim;
+  auto weights = ms::model::initialise(config, args.seed,
                                        args.init == "random" ? ms::model::init_kind::random : ms::model::init_kind::official);
   ms::model::save(weights, args.out);
+  return 0;
+}
+
+struct grow_args {
+  std::string model, out, state_in, state_out;
+  int head_size = 0, heads = 0;
+  std::uint64_t seed = 0;
+  double output_std = 0.0;
+};
+
+int grow_command(const grow_args& args) {
+  auto weights = ms::model::load(ms::io::safetensors_file::open(args.model));
+  ms::scaling::growth g;
+  g.head_size = args.head_size, g.heads = args.heads, g.seed = args.seed, g.meta_state_output_std = args.output_std;
+  auto grown = ms::scaling::grow(weights, g);
+  ms::model::save(grown, args.out);
+  if (!args.state_in.empty()) {
+    ms::model::rwkv7_state state(weights.config, 1);
+    ms::model::restore_state(state, ms::io::safetensors_file::open(args.state_in));
+    ms::model::save_state(ms::scaling::grow_state(state, grown.config), args.state_out);
+  }
   return 0;
 }
 
@@ -142,7 +183,7 @@ int main(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber);
 
   forward_args fwd;
-  auto* forward = app.add_subcommand("forward", "Run an RWKV-7 model on tokens: logits [T,V] and the final state");
+  auto* forward = app.add_subcommand("forward", "Run a model on tokens: logits [T,V] and the final state");
   forward->add_option("--model", fwd.model, "checkpoint (safetensors, official tensor names)")->required();
   auto* tokens = forward->add_option("--tokens", fwd.tokens, "comma-separated token ids, e.g. 1,2,3");
   auto* tokens_file = forward->add_option("--tokens-file", fwd.tokens_file, "safetensors file with an I64/I32 'tokens'");
@@ -153,11 +194,11 @@ int main(int argc, char** argv) {
   forward->add_option("--chunk", fwd.chunk, "tokens per chunk in sequence mode")->check(CLI::PositiveNumber)->capture_default_str();
   forward->add_option("--state-in", fwd.state_in, "start from this state (a --state-out or --out file)");
   forward->add_option("--state-out", fwd.state_out, "also write the final state here");
-  forward->add_option("--out", fwd.out, "output: logits and state.{l}.att_x_prev/att_kv/ffn_x_prev")->required();
+  forward->add_option("--out", fwd.out, "output: logits and state.{l}.att_x_prev/att_kv/ffn_x_prev (ms for Meta-State layers)")->required();
   forward->add_option("--threads", fwd.threads, "threads (0: OMP_NUM_THREADS or all)")->check(CLI::NonNegativeNumber);
 
   init_args ini;
-  auto* init = app.add_subcommand("init", "Write a randomly initialised RWKV-7 model (official x070 init rules)");
+  auto* init = app.add_subcommand("init", "Write a randomly initialised RWKV-7 / Meta-State model (official x070 init rules)");
   init->add_option("--layers", ini.layers, "layers")->required()->check(CLI::PositiveNumber);
   init->add_option("--width", ini.width, "model width C")->required()->check(CLI::PositiveNumber);
   init->add_option("--head-size", ini.head_size, "head size N (divides C)")->capture_default_str()->check(CLI::PositiveNumber);
@@ -166,7 +207,26 @@ int main(int argc, char** argv) {
   init->add_option("--init", ini.init, "official, or random (every tensor non-zero: for tests)")
       ->check(CLI::IsMember({"official", "random"}))
       ->capture_default_str();
+  init->add_option("--block", ini.block, "ffn, meta-state, or one per layer: ffn,meta-state,...")->capture_default_str();
+  init->add_option("--sse-dim", ini.sse_dim, "Meta-State encoder size n <= head size (default: head size)")
+      ->check(CLI::PositiveNumber);
   init->add_option("--out", ini.out, "output checkpoint")->required();
+
+  grow_args grw;
+  auto* grow = app.add_subcommand("grow", "Grow a model (and a live state) exactly: larger heads or more heads");
+  grow->add_option("--model", grw.model, "checkpoint to grow")->required();
+  grow->add_option("--out", grw.out, "grown checkpoint (metadata records the original sizes)")->required();
+  grow->add_option("--head-size", grw.head_size, "new head size N' (a multiple of the GroupNorm group size)")
+      ->check(CLI::PositiveNumber);
+  grow->add_option("--heads", grw.heads, "new number of heads H' (ChannelMix-only models)")->check(CLI::PositiveNumber);
+  grow->add_option("--seed", grw.seed, "seed of the new entries' initialisation")->capture_default_str();
+  grow->add_option("--meta-state-output-std", grw.output_std,
+                   "std of new Meta-State W_o columns (0: zero, exact; the paper's small random values are not)")
+      ->check(CLI::NonNegativeNumber);
+  auto* state_in = grow->add_option("--state-in", grw.state_in, "a live state of the model (batch 1) to grow too");
+  auto* state_out = grow->add_option("--state-out", grw.state_out, "where the grown state goes");
+  state_in->needs(state_out);
+  state_out->needs(state_in);
 
   CLI11_PARSE(app, argc, argv);
   try {
@@ -175,6 +235,7 @@ int main(int argc, char** argv) {
     if (wkv7->parsed()) return wkv7_command(wkv);
     if (forward->parsed()) return forward_command(fwd);
     if (init->parsed()) return init_command(ini);
+    if (grow->parsed()) return grow_command(grw);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "metastate: error: %s\n", e.what());
     return 1;

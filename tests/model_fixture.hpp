@@ -22,10 +22,17 @@ struct temp_dir {
   std::string operator/(const std::string& name) const { return (path / name).string(); }
 };
 
-/// A small config with custom ranks, FFN width, group size and attention width.
+/// A small config with custom ranks, FFN width, group size and attention width; every
+/// layer a ChannelMix layer unless `blocks` says otherwise ("FMF": F ChannelMix, M Meta-State).
 inline metastate::model::rwkv7_config small_config(int layers, int width, int heads, int head_size, int vocab,
-                                                   int group_size = 0) {
+                                                   int group_size = 0, const std::string& blocks = "",
+                                                   int sse_dim = 0) {
   metastate::model::rwkv7_config c;
+  for (int l = 0; l < layers; ++l)
+    c.blocks.push_back(l < int(blocks.size()) && blocks[l] == 'M' ? metastate::model::block_kind::meta_state
+                                                                  : metastate::model::block_kind::channel_mix);
+  c.sse_dim = sse_dim ? sse_dim : head_size;
+  c.projection = c.has_meta_state() && head_size != width / heads;
   c.layers = layers, c.width = width, c.heads = heads, c.head_size = head_size, c.vocab = vocab;
   c.ffn_width = 2 * width + 8;
   c.group_size = group_size ? group_size : head_size;

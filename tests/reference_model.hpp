@@ -1,4 +1,5 @@
-// Plain fp64 RWKV-7 (x070) forward pass written from SPEC.md §3, independent of the library's model code.
+// Plain fp64 RWKV-7 (x070) forward pass written from SPEC.md §3, with the Meta-State layer of §4, independent
+// of the library's model and meta-state code.
 #pragma once
 
 #include <algorithm>
@@ -13,9 +14,13 @@
 
 namespace ref_model {
 
-/// Recurrent state, per layer: att_x_prev [C], att_kv [H*N*N] (row = value index), ffn_x_prev [C].
+/// Recurrent state, per layer: att_x_prev [C], att_kv [H*N*N] (row = value index), ffn_x_prev [C] (kept at zero
+/// and never read in a Meta-State layer; check_state also accepts it empty there), ms [H*n*n] (the Meta-State M
+/// per head, row-major, row = value index; empty for ChannelMix layers, and `ms` itself may be left empty
+/// altogether for a model without Meta-State layers).
 struct state {
   std::vector<std::vector<double>> att_x_prev, att_kv, ffn_x_prev;
+  std::vector<std::vector<double>> ms;
 };
 
 namespace detail {
@@ -101,6 +106,14 @@ struct layer {
   vec k_k, k_a, r_k, lnx_w, lnx_b;   // [A]
   vec ffn_x_k;                       // [C]
   mat ffn_key, ffn_value;            // [F,C], [C,F]
+  bool meta_state = false;           // ms.* instead of ffn.* (§4)
+  mat ms_out;                        // ms.output.weight [C, H*n]
+  mat ms_proj;                       // ms.proj [N, N0]; rows == 0 means P = I (N == N0)
+};
+
+/// The transition (w, κ̂, α) of one token in one layer, kept for the Meta-State layer (§4).
+struct transition {
+  vec w, kap, alpha;  // [A]; a = −κ̂, b = κ̂*α
 };
 
 }  // namespace detail
@@ -124,6 +137,17 @@ class rwkv7 {
     const auto& meta = f.metadata();
     if (auto it = meta.find("ln_x_group_size"); it != meta.end()) G_ = std::stoi(it->second);
     if (G_ <= 0 || A % G_ != 0) throw std::runtime_error("reference_model: ln_x_group_size must divide H*N");
+
+    // Meta-State (§4, §6): sse_dim n (default N), validated below only if some layer is a Meta-State layer.
+    n_ = N_;
+    bool sse_ok = true;
+    if (auto it = meta.find("sse_dim"); it != meta.end()) {
+      const std::string& t = it->second;
+      sse_ok = !t.empty() && t.size() < 10 && t.find_first_not_of("0123456789") == std::string::npos;
+      if (sse_ok) n_ = std::stoi(t);
+      sse_ok = sse_ok && n_ >= 1 && n_ <= N_;
+      if (!sse_ok) n_ = N_;  // ignored (sse_dim() reports N) unless a Meta-State layer needs it
+    }
 
     ln0_w_ = load_vec(f, "blocks.0.ln0.weight", C_);
     ln0_b_ = load_vec(f, "blocks.0.ln0.bias", C_);
@@ -149,8 +173,24 @@ class rwkv7 {
       y.k_k = v("att.k_k", A), y.k_a = v("att.k_a", A);
       y.r_k = m("att.r_k", H_, N_).d;
       y.lnx_w = v("att.ln_x.weight", A), y.lnx_b = v("att.ln_x.bias", A);
-      y.ffn_x_k = v("ffn.x_k", C_);
-      y.ffn_key = m("ffn.key.weight", -1, C_), y.ffn_value = m("ffn.value.weight", C_, y.ffn_key.rows);
+      y.meta_state = f.find(p + "ms.output.weight") != nullptr;
+      if (!y.meta_state) {
+        if (f.find(p + "ms.proj")) bad_shape(p + "ms.proj", "found in a layer without ms.output.weight");
+        y.ffn_x_k = v("ffn.x_k", C_);
+        y.ffn_key = m("ffn.key.weight", -1, C_), y.ffn_value = m("ffn.value.weight", C_, y.ffn_key.rows);
+      } else {
+        for (const char* n : {"ffn.x_k", "ffn.key.weight", "ffn.value.weight"})
+          if (f.find(p + n)) bad_shape(p + n, "found in a Meta-State layer (it has ms.output.weight)");
+        if (!sse_ok) throw std::runtime_error("reference_model: __metadata__ sse_dim must be an integer in [1, N]");
+        if (C_ % H_ != 0) bad_shape(p + "ms.output.weight", "needs C divisible by H (N0 = C/H)");
+        const int N0 = C_ / H_;
+        y.ms_out = m("ms.output.weight", C_, H_ * n_);
+        if (f.find(p + "ms.proj")) {
+          y.ms_proj = m("ms.proj", N_, N0);
+        } else if (N_ != N0) {
+          bad_shape(p + "ms.proj", "is missing but the head size N differs from N0 = C/H");
+        }
+      }
       layers_.push_back(std::move(y));
     }
   }
@@ -160,12 +200,22 @@ class rwkv7 {
   int heads() const { return H_; }
   int head_size() const { return N_; }
   int vocab() const { return V_; }
+  /// n of §4: the `sse_dim` metadata, N when absent.
+  int sse_dim() const { return n_; }
+  /// Whether layer `layer` is a Meta-State layer (has ms.output.weight) rather than a ChannelMix one.
+  bool is_meta_state(int layer) const {
+    if (layer < 0 || layer >= L_) throw std::out_of_range("reference_model: layer out of range");
+    return layers_[layer].meta_state;
+  }
 
   state zero_state() const {
     state s;
     s.att_x_prev.assign(L_, detail::vec(C_, 0.0));
     s.att_kv.assign(L_, detail::vec(std::size_t(H_) * N_ * N_, 0.0));
     s.ffn_x_prev.assign(L_, detail::vec(C_, 0.0));
+    s.ms.assign(L_, detail::vec());
+    for (int l = 0; l < L_; ++l)
+      if (layers_[l].meta_state) s.ms[l].assign(std::size_t(H_) * n_ * n_, 0.0);
     return s;
   }
 
@@ -188,9 +238,15 @@ class rwkv7 {
 
   void check_state(const state& s) const {
     bool ok = int(s.att_x_prev.size()) == L_ && int(s.att_kv.size()) == L_ && int(s.ffn_x_prev.size()) == L_;
-    for (int l = 0; ok && l < L_; ++l)
-      ok = int(s.att_x_prev[l].size()) == C_ && int(s.ffn_x_prev[l].size()) == C_ &&
-           s.att_kv[l].size() == std::size_t(H_) * N_ * N_;
+    bool any_ms = false;
+    for (const auto& y : layers_) any_ms = any_ms || y.meta_state;
+    ok = ok && (int(s.ms.size()) == L_ || (s.ms.empty() && !any_ms));
+    for (int l = 0; ok && l < L_; ++l) {
+      const bool ms = layers_[l].meta_state;
+      ok = int(s.att_x_prev[l].size()) == C_ && s.att_kv[l].size() == std::size_t(H_) * N_ * N_ &&
+           (int(s.ffn_x_prev[l].size()) == C_ || (ms && s.ffn_x_prev[l].empty())) &&
+           (s.ms.empty() || s.ms[l].size() == (ms ? std::size_t(H_) * n_ * n_ : 0));
+    }
     if (!ok) throw std::invalid_argument("reference_model: state does not match the model");
   }
 
@@ -201,16 +257,19 @@ class rwkv7 {
     vec v_first;
     for (int l = 0; l < L_; ++l) {
       const auto& y = layers_[l];
-      const vec dx = time_mix(l, detail::layer_norm(x, y.ln1_w, y.ln1_b), s, v_first);
+      detail::transition tr;
+      const vec dx = time_mix(l, detail::layer_norm(x, y.ln1_w, y.ln1_b), s, v_first, tr);
       for (int c = 0; c < C_; ++c) x[c] += dx[c];
-      const vec dh = channel_mix(l, detail::layer_norm(x, y.ln2_w, y.ln2_b), s);
+      const vec z = detail::layer_norm(x, y.ln2_w, y.ln2_b);
+      const vec dh = y.meta_state ? meta_state(l, z, s, tr) : channel_mix(l, z, s);
       for (int c = 0; c < C_; ++c) x[c] += dh[c];
     }
     return detail::linear(head_, detail::layer_norm(x, lnout_w_, lnout_b_));
   }
 
   /// TimeMix for one token, steps 1–11 of SPEC §3.
-  vec time_mix(int l, const vec& x, state& s, vec& v_first) const {
+  /// Leaves s.att_kv[l] = S_t and the token's transition in `tr`.
+  vec time_mix(int l, const vec& x, state& s, vec& v_first, detail::transition& tr) const {
     using namespace detail;
     const layer& p = layers_[l];
     const int A = H_ * N_;
@@ -279,7 +338,49 @@ class rwkv7 {
     }
     // 11. out = (y*g) @ Woᵀ
     for (int i = 0; i < A; ++i) y[i] *= g[i];
+    tr.w = std::move(w), tr.kap = std::move(kap), tr.alpha = std::move(alpha);
     return linear(p.wo, y);
+  }
+
+  /// Meta-State layer (§4) for one token: z = ln2 output; S_t = s.att_kv[l] after this token's TimeMix; `tr` its
+  /// transition. No token shift.
+  vec meta_state(int l, const vec& z, state& s, const detail::transition& tr) const {
+    const detail::layer& p = layers_[l];
+    const int N0 = C_ / H_, n = n_;
+    vec o(std::size_t(H_) * n, 0.0);  // concat_h(o^h)
+    vec xt(N_), e(n);
+    for (int h = 0; h < H_; ++h) {
+      // x̃ = P z^h (P = I when not stored, then N == N0)
+      for (int i = 0; i < N_; ++i) {
+        if (p.ms_proj.rows == 0) {
+          xt[i] = z[h * N0 + i];
+        } else {
+          double acc = 0;
+          for (int j = 0; j < N0; ++j) acc += p.ms_proj(i, j) * z[h * N0 + j];
+          xt[i] = acc;
+        }
+      }
+      // Self-State Encoder: e = S_t[:n,:n] x̃[:n]
+      const double* S = s.att_kv[l].data() + std::size_t(h) * N_ * N_;
+      for (int i = 0; i < n; ++i) {
+        double acc = 0;
+        for (int j = 0; j < n; ++j) acc += S[i * N_ + j] * xt[j];
+        e[i] = acc;
+      }
+      // M_t = M diag(w[:n]) + (M a[:n]) ⊗ b[:n] + e ⊗ e, a = −κ̂, b = κ̂*α; then o^h = M_t x̃[:n]
+      double* M = s.ms[l].data() + std::size_t(h) * n * n;
+      const int c = h * N_;  // this head's first channel in the transition
+      for (int i = 0; i < n; ++i) {
+        double u = 0;  // from the OLD row
+        for (int j = 0; j < n; ++j) u += M[i * n + j] * -tr.kap[c + j];
+        for (int j = 0; j < n; ++j) {
+          double& m = M[i * n + j];
+          m = m * tr.w[c + j] + u * tr.kap[c + j] * tr.alpha[c + j] + e[i] * e[j];
+          o[std::size_t(h) * n + i] += m * xt[j];
+        }
+      }
+    }
+    return detail::linear(p.ms_out, o);
   }
 
   /// ChannelMix: relu((x + (x_prev − x)*x_k) @ keyᵀ)² @ valueᵀ.
@@ -293,7 +394,7 @@ class rwkv7 {
     return detail::linear(p.ffn_value, h);
   }
 
-  int L_ = 0, C_ = 0, H_ = 0, N_ = 0, V_ = 0, G_ = 0;
+  int L_ = 0, C_ = 0, H_ = 0, N_ = 0, V_ = 0, G_ = 0, n_ = 0;
   detail::mat emb_, head_;
   vec ln0_w_, ln0_b_, lnout_w_, lnout_b_;
   std::vector<detail::layer> layers_;

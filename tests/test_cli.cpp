@@ -182,3 +182,24 @@ TEST_CASE("metastate forward continues from a saved state, reads a tokens file a
   CHECK(other.exit_code != 0);
   CHECK(other.output.find("the state is for a model with") != std::string::npos);
 }
+
+TEST_CASE("metastate grow: the grown model continues a live state with the same logits") {
+  fixture::temp_dir dir("cli_grow");
+  const std::string model = dir / "m.safetensors", grown = dir / "g.safetensors";
+  REQUIRE(run_cli("init --layers 2 --width 64 --head-size 16 --vocab 40 --block meta-state,ffn --init random --out " +
+                  model).exit_code == 0);
+  REQUIRE(run_cli("forward --model " + model + " --tokens 1,2,3,4,5,6 --out " + dir / "all.safetensors").exit_code == 0);
+  REQUIRE(run_cli("forward --model " + model + " --tokens 1,2,3 --state-out " + dir / "s.safetensors" + " --out " +
+                  dir / "a.safetensors").exit_code == 0);
+  const auto res = run_cli("grow --model " + model + " --out " + grown + " --head-size 32 --state-in " +
+                           dir / "s.safetensors" + " --state-out " + dir / "s2.safetensors");
+  REQUIRE_MESSAGE(res.exit_code == 0, res.output);
+  REQUIRE(run_cli("forward --model " + grown + " --tokens 4,5,6 --state-in " + dir / "s2.safetensors" + " --out " +
+                  dir / "b.safetensors").exit_code == 0);
+  const auto all = ms::io::safetensors_file::open(dir / "all.safetensors").read<float>("logits");
+  const auto tail = ms::io::safetensors_file::open(dir / "b.safetensors").read<float>("logits", {3, 40});
+  CHECK(ref::rms_relative(tail, std::vector<float>(all.begin() + 3 * 40, all.end())) <= 1e-6);
+  const auto refused = run_cli("grow --model " + model + " --out " + grown + " --heads 8");
+  CHECK(refused.exit_code != 0);
+  CHECK(refused.output.find("cannot add heads to a model with Meta-State layers") != std::string::npos);
+}

@@ -1,4 +1,4 @@
-// The RWKV-7 (x070) model forward pass, exactly as SPEC §3 states the official reference computes it.
+// The RWKV-7 (x070) model forward pass (SPEC §3), with Meta-State layers in place of ChannelMix where the checkpoint has them (SPEC §4).
 #pragma once
 
 #include <Eigen/Core>
@@ -8,6 +8,7 @@
 
 #include "metastate/core/error.hpp"
 #include "metastate/core/parallel.hpp"
+#include "metastate/meta_state/meta_state.hpp"
 #include "metastate/model/state.hpp"
 #include "metastate/model/weights.hpp"
 #include "metastate/wkv/wkv7.hpp"
@@ -133,6 +134,8 @@ inline void time_mix(const rwkv7_config& c, const layer_weights& lw, int layer, 
   ws.a = -ws.b;                    // a = -κ̂
   ws.b.swap(ws.y);
 
+  // A Meta-State layer's encoder replays this chunk from its start state (SPEC §4).
+  if (c.is_meta_state(layer) && tokens > 1) ws.kv_start = s.att_kv[layer];
   run_wkv(c, ws, s.att_kv[layer], batch, tokens, exec);
 
   group_norm(ws.y, c.group_size, 64e-5f);
@@ -159,8 +162,48 @@ inline void channel_mix(const layer_weights& lw, int layer, rwkv7_state& s, int 
   ws.x.noalias() += ws.ffn * lw.ffn.value.transpose();
 }
 
+/// The Meta-State layer over the rows of one chunk (SPEC §4), after time_mix left the
+/// chunk's transition (ws.w, ws.a, ws.b) and keys (ws.k, ws.v) in the workspace; adds its
+/// output to ws.x.
+inline void meta_state_layer(const rwkv7_config& c, const layer_weights& lw, int layer, rwkv7_state& s, int batch,
+                             int tokens, const exec_policy& exec) {
+  auto& ws = s.work;
+  const int H = c.heads, N = c.head_size, N0 = c.input_head_size(), n = c.sse_dim;
+  const Eigen::Index M = ws.x.rows();
+  layer_norm(ws.x, ws.xn, lw.ln2_weight, lw.ln2_bias, 1e-5f);  // z
+  if (c.projection) {  // x̃ = P z per head
+    const Eigen::Map<const matrix> z(ws.xn.data(), M * H, N0);
+    ws.mix.resize(M, H * N);
+    Eigen::Map<matrix>(ws.mix.data(), M * H, N).noalias() = z * lw.ms.proj.transpose();
+  } else {
+    ws.mix = ws.xn;
+  }
+  auto view = [&](const matrix& m, int size) { return sequence_view<const float>(m.data(), batch, tokens, H, size); };
+  ws.encoded.resize(M, H * n);
+  ws.readout.resize(M, H * n);
+  const sequence_view<float> e(ws.encoded.data(), batch, tokens, H, n), o(ws.readout.data(), batch, tokens, H, n);
+  wkv7::options opt;
+  opt.exec = exec;
+  if (tokens == 1) {  // S_t is the state TimeMix just left
+    meta_state::encode(state_view<const float>(s.att_kv[layer].data(), batch, H, N), view(ws.mix, N), e, n);
+  } else {
+    const wkv7::inputs<float> wkv{view(ws.r, N), view(ws.w, N), view(ws.k, N), view(ws.v, N), view(ws.a, N),
+                                  view(ws.b, N)};
+    const state_view<const float> start(ws.kv_start.data(), batch, H, N);
+    if (N == 64) meta_state::encode_sequence<64>(wkv, start, view(ws.mix, N), e, n, ws.ms, opt);
+    else meta_state::encode_sequence(wkv, start, view(ws.mix, N), e, n, ws.ms, opt);
+  }
+  const state_view<float> m(s.ms[layer].data(), batch, H, n);
+  const sequence_view<const float> encoded = e;
+  if (n == 64)
+    meta_state::evolve<64>(view(ws.w, N), view(ws.a, N), view(ws.b, N), encoded, view(ws.mix, N), m, o, ws.ms, opt);
+  else
+    meta_state::evolve(view(ws.w, N), view(ws.a, N), view(ws.b, N), encoded, view(ws.mix, N), m, o, ws.ms, opt);
+  ws.x.noalias() += ws.readout * lw.ms.output.transpose();
+}
+
 inline bool same_shape(const rwkv7_config& a, const rwkv7_config& b) {
-  return a.layers == b.layers && a.width == b.width && a.heads == b.heads && a.head_size == b.head_size;
+  return config_string(a, 1) == config_string(b, 1);
 }
 
 /// Sets Eigen's GEMM threads for the duration of a call.
@@ -203,7 +246,8 @@ inline void forward(const rwkv7_weights& w, const std::int64_t* tokens, index_t 
     ws.x.swap(ws.xn);
     for (int l = 0; l < c.layers; ++l) {
       detail::time_mix(c, w.layers[l], l, state, B, Tc, opt.exec);
-      detail::channel_mix(w.layers[l], l, state, B, Tc);
+      if (c.is_meta_state(l)) detail::meta_state_layer(c, w.layers[l], l, state, B, Tc, opt.exec);
+      else detail::channel_mix(w.layers[l], l, state, B, Tc);
     }
     const bool last_chunk = t0 + Tc == T;
     if (opt.logits == logits_for::all_tokens) {

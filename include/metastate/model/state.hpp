@@ -6,6 +6,7 @@
 
 #include "metastate/core/error.hpp"
 #include "metastate/io/safetensors.hpp"
+#include "metastate/meta_state/meta_state.hpp"
 #include "metastate/model/weights.hpp"
 
 namespace metastate::model {
@@ -14,6 +15,9 @@ namespace metastate::model {
 /// after the first call (sizes only grow).
 struct forward_workspace {
   matrix x, xn, prev, mix, r, w, k, v, a, b, g, y, v_first, lora, ffn;
+  std::vector<float> kv_start;  // a Meta-State layer's chunk-start WKV state, for the encoder's replay
+  matrix encoded, readout;      // e and o of a Meta-State layer, [B·T, H·n]
+  meta_state::workspace<float> ms;
 };
 
 /// The recurrent state of a batch of `batch` independent sequences. Copying forks it.
@@ -22,15 +26,29 @@ struct rwkv7_state {
   int batch = 0;
   std::vector<matrix> att_x_prev;           ///< per layer [B, C]: previous token's ln1 output
   std::vector<std::vector<float>> att_kv;   ///< per layer [B, H, N, N] WKV states (row = value index)
-  std::vector<matrix> ffn_x_prev;           ///< per layer [B, C]: previous token's ln2 output
+  std::vector<matrix> ffn_x_prev;           ///< per ChannelMix layer [B, C]: previous token's ln2 output
+  std::vector<std::vector<float>> ms;       ///< per Meta-State layer [B, H, n, n]: the Meta-State M
   forward_workspace work;
 
   rwkv7_state() = default;
   rwkv7_state(const rwkv7_config& c, int batch_rows) : config(c), batch(batch_rows) {
     if (batch_rows <= 0) throw shape_error("rwkv7_state: batch must be positive, got " + std::to_string(batch_rows));
     att_x_prev.assign(c.layers, matrix::Zero(batch, c.width));
-    ffn_x_prev.assign(c.layers, matrix::Zero(batch, c.width));
     att_kv.assign(c.layers, std::vector<float>(std::size_t(batch) * c.heads * c.head_size * c.head_size, 0.0f));
+    ffn_x_prev.resize(c.layers);
+    ms.resize(c.layers);
+    for (int l = 0; l < c.layers; ++l) {
+      if (c.is_meta_state(l)) ms[l].assign(std::size_t(batch) * c.heads * c.sse_dim * c.sse_dim, 0.0f);
+      else ffn_x_prev[l] = matrix::Zero(batch, c.width);
+    }
+  }
+
+  /// Bytes of recurrent state (the workspace excluded).
+  std::size_t bytes() const {
+    std::size_t floats = 0;
+    for (int l = 0; l < config.layers; ++l)
+      floats += att_x_prev[l].size() + att_kv[l].size() + ffn_x_prev[l].size() + ms[l].size();
+    return floats * sizeof(float);
   }
 
   /// Back to the start of a fresh sequence (all zero).
@@ -38,6 +56,7 @@ struct rwkv7_state {
     for (auto& m : att_x_prev) m.setZero();
     for (auto& m : ffn_x_prev) m.setZero();
     for (auto& s : att_kv) std::fill(s.begin(), s.end(), 0.0f);
+    for (auto& m : ms) std::fill(m.begin(), m.end(), 0.0f);
   }
 };
 
@@ -48,7 +67,7 @@ namespace detail {
 template <class State, class F>
 void for_each_state_tensor(State& s, F&& f) {
   const auto& c = s.config;
-  const std::int64_t B = s.batch, C = c.width, H = c.heads, N = c.head_size;
+  const std::int64_t B = s.batch, C = c.width, H = c.heads, N = c.head_size, n = c.sse_dim;
   auto shape = [&](std::vector<std::int64_t> inner) {
     if (B > 1) inner.insert(inner.begin(), B);
     return inner;
@@ -57,13 +76,17 @@ void for_each_state_tensor(State& s, F&& f) {
     const std::string p = "state." + std::to_string(l) + ".";
     f(p + "att_x_prev", shape({C}), s.att_x_prev[l].data());
     f(p + "att_kv", shape({H, N, N}), s.att_kv[l].data());
-    f(p + "ffn_x_prev", shape({C}), s.ffn_x_prev[l].data());
+    if (c.is_meta_state(l)) f(p + "ms", shape({H, n, n}), s.ms[l].data());
+    else f(p + "ffn_x_prev", shape({C}), s.ffn_x_prev[l].data());
   }
 }
 
 inline std::string config_string(const rwkv7_config& c, int batch) {
+  std::string blocks;
+  for (auto b : c.blocks) blocks += b == block_kind::meta_state ? 'M' : 'F';
   return "layers " + std::to_string(c.layers) + ", width " + std::to_string(c.width) + ", heads " +
-         std::to_string(c.heads) + ", head size " + std::to_string(c.head_size) + ", batch " + std::to_string(batch);
+         std::to_string(c.heads) + ", head size " + std::to_string(c.head_size) + ", batch " + std::to_string(batch) +
+         ", blocks " + blocks + (c.has_meta_state() ? ", sse_dim " + std::to_string(c.sse_dim) : "");
 }
 
 }  // namespace detail

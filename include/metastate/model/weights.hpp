@@ -18,12 +18,36 @@ namespace metastate::model {
 using matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 using row_vector = Eigen::Matrix<float, 1, Eigen::Dynamic>;
 
-/// Every size of an RWKV-7 model. Loading reads them from tensor shapes, never from formulas.
+/// What follows TimeMix in a block: the official ChannelMix (FFN) or a Meta-State layer (SPEC §4).
+enum class block_kind { channel_mix, meta_state };
+
+/// Every size of an RWKV-7 / Meta-State model. Loading reads them from tensor shapes and
+/// metadata, never from formulas.
 struct rwkv7_config {
-  int layers = 0, width = 0, heads = 0, head_size = 0, vocab = 0, ffn_width = 0;
+  int layers = 0, width = 0, heads = 0, head_size = 0, vocab = 0;
+  int ffn_width = 0;   ///< of the ChannelMix layers (0 if there are none)
   int group_size = 0;  ///< GroupNorm group (channels); equals head_size in released models
   int decay_rank = 0, icl_rank = 0, value_rank = 0, gate_rank = 0;  ///< LoRA ranks of w, a, v, g
+  std::vector<block_kind> blocks;  ///< one per layer
+  int sse_dim = 0;                 ///< n of the Meta-State layers (≤ head_size)
+  bool projection = false;         ///< Meta-State layers carry the input projection P [N, N0]
+  /// Sizes before the first growth (SPEC §5): entries beyond them are new. Equal to the
+  /// current sizes for a model that never grew. Saved as metadata `original_*`.
+  int original_heads = 0, original_head_size = 0, original_sse_dim = 0;
+  bool original_projection = false;
+  bool grown() const {
+    return original_heads != heads || original_head_size != head_size || original_sse_dim != sse_dim ||
+           original_projection != projection;
+  }
   int attention_width() const { return heads * head_size; }
+  /// N0 = C / H: the per-head slice of the Meta-State input z.
+  int input_head_size() const { return heads ? width / heads : 0; }
+  bool is_meta_state(int layer) const { return blocks[layer] == block_kind::meta_state; }
+  bool has_meta_state() const {
+    for (auto b : blocks)
+      if (b == block_kind::meta_state) return true;
+    return false;
+  }
 };
 
 struct time_mix_weights {
@@ -40,10 +64,16 @@ struct channel_mix_weights {
   matrix key, value;  // [F, C], [C, F]
 };
 
+struct meta_state_weights {
+  matrix output;  // W_o [C, H·n]
+  matrix proj;    // P [N, N0], only after growth (empty: identity)
+};
+
 struct layer_weights {
   row_vector ln1_weight, ln1_bias, ln2_weight, ln2_bias;
   time_mix_weights att;
-  channel_mix_weights ffn;
+  channel_mix_weights ffn;  // empty in a Meta-State layer
+  meta_state_weights ms;    // empty in a ChannelMix layer
 };
 
 struct rwkv7_weights {
@@ -88,8 +118,13 @@ inline void allocate(rwkv7_weights& w) {
     a.g1.resize(C, c.gate_rank), a.g2.resize(c.gate_rank, A);
     a.r_k.resize(c.heads, c.head_size);
     a.receptance.resize(A, C), a.key.resize(A, C), a.value.resize(A, C), a.output.resize(C, A);
-    L.ffn.x_k.resize(C);
-    L.ffn.key.resize(F, C), L.ffn.value.resize(C, F);
+    if (c.is_meta_state(l)) {
+      L.ms.output.resize(C, c.heads * c.sse_dim);
+      L.ms.proj.resize(c.projection ? c.head_size : 0, c.projection ? c.input_head_size() : 0);
+    } else {
+      L.ffn.x_k.resize(C);
+      L.ffn.key.resize(F, C), L.ffn.value.resize(C, F);
+    }
   }
 }
 
@@ -122,8 +157,13 @@ inline std::vector<detail::parameter> parameters(rwkv7_weights& w) {
     mat(q + "receptance.weight", a.receptance), mat(q + "key.weight", a.key);
     mat(q + "value.weight", a.value), mat(q + "output.weight", a.output);
     vec(q + "ln_x.weight", a.ln_x_weight), vec(q + "ln_x.bias", a.ln_x_bias);
-    mix(p + "ffn.x_k", L.ffn.x_k);
-    mat(p + "ffn.key.weight", L.ffn.key), mat(p + "ffn.value.weight", L.ffn.value);
+    if (w.config.is_meta_state(l)) {
+      mat(p + "ms.output.weight", L.ms.output);
+      if (w.config.projection) mat(p + "ms.proj", L.ms.proj);
+    } else {
+      mix(p + "ffn.x_k", L.ffn.x_k);
+      mat(p + "ffn.key.weight", L.ffn.key), mat(p + "ffn.value.weight", L.ffn.value);
+    }
   }
   vec("ln_out.weight", w.ln_out_weight);
   vec("ln_out.bias", w.ln_out_bias);
@@ -149,6 +189,36 @@ inline const io::tensor_info& find_2d(const io::safetensors_file& f, const std::
 
 }  // namespace detail
 
+/// Throws unless the Meta-State sizes are consistent: 1 ≤ sse_dim ≤ N, H divides C, and
+/// N = N0 unless there is a projection.
+inline void check_meta_state(const rwkv7_config& c, const std::string& source) {
+  if (c.sse_dim < 1 || c.sse_dim > c.head_size)
+    throw shape_error(source + ": sse_dim " + std::to_string(c.sse_dim) + " must be in [1, head size " +
+                      std::to_string(c.head_size) + "]");
+  if (c.width % c.heads != 0)
+    throw shape_error(source + ": a Meta-State layer needs the width " + std::to_string(c.width) +
+                      " divisible by the heads " + std::to_string(c.heads));
+  if (!c.projection && c.head_size != c.input_head_size())
+    throw shape_error(source + ": head size " + std::to_string(c.head_size) + " differs from width/heads " +
+                      std::to_string(c.input_head_size()) + " but the Meta-State layers have no 'ms.proj'");
+}
+
+namespace detail {
+
+inline int metadata_int(const io::safetensors_file& f, const std::string& key, int fallback) {
+  const auto it = f.metadata().find(key);
+  if (it == f.metadata().end()) return fallback;
+  try {
+    std::size_t used = 0;
+    const int value = std::stoi(it->second, &used);
+    if (used == it->second.size()) return value;
+  } catch (const std::exception&) {
+  }
+  throw io_error(f.source() + ": metadata " + key + " = '" + it->second + "' is not an integer");
+}
+
+}  // namespace detail
+
 /// Reads the model's sizes from the shapes of a checkpoint's tensors (SPEC §3, §6).
 inline rwkv7_config read_config(const io::safetensors_file& f) {
   rwkv7_config c;
@@ -160,23 +230,30 @@ inline rwkv7_config read_config(const io::safetensors_file& f) {
   const auto& r_k = detail::find_2d(f, "blocks.0.att.r_k");
   c.heads = static_cast<int>(r_k.shape[0]);
   c.head_size = static_cast<int>(r_k.shape[1]);
-  c.ffn_width = static_cast<int>(detail::find_2d(f, "blocks.0.ffn.key.weight").shape[0]);
+  for (int l = 0; l < c.layers; ++l) {
+    const std::string p = "blocks." + std::to_string(l) + ".";
+    const bool ffn = f.find(p + "ffn.key.weight") != nullptr, ms = f.find(p + "ms.output.weight") != nullptr;
+    if (ffn == ms)
+      throw io_error(f.source() + ": layer " + std::to_string(l) + " must have either ffn.* (ChannelMix) or ms.* " +
+                     "(Meta-State) tensors, it has " + (ffn ? "both" : "neither"));
+    c.blocks.push_back(ffn ? block_kind::channel_mix : block_kind::meta_state);
+    if (ffn && c.ffn_width == 0) c.ffn_width = static_cast<int>(detail::find_2d(f, p + "ffn.key.weight").shape[0]);
+    if (ms && !c.projection) c.projection = f.find(p + "ms.proj") != nullptr;
+  }
   c.decay_rank = static_cast<int>(detail::find_2d(f, "blocks.0.att.w1").shape[1]);
   c.icl_rank = static_cast<int>(detail::find_2d(f, "blocks.0.att.a1").shape[1]);
   c.gate_rank = static_cast<int>(detail::find_2d(f, "blocks.0.att.g1").shape[1]);
   c.value_rank = c.layers > 1 ? static_cast<int>(detail::find_2d(f, "blocks.1.att.v1").shape[1]) : 0;
-  c.group_size = c.head_size;
-  const auto& meta = f.metadata();
-  if (auto it = meta.find("ln_x_group_size"); it != meta.end()) {
-    try {
-      c.group_size = std::stoi(it->second);
-    } catch (const std::exception&) {
-      throw io_error(f.source() + ": metadata ln_x_group_size = '" + it->second + "' is not an integer");
-    }
-  }
+  c.group_size = detail::metadata_int(f, "ln_x_group_size", c.head_size);
   if (c.group_size <= 0 || c.attention_width() % c.group_size != 0)
     throw io_error(f.source() + ": ln_x_group_size " + std::to_string(c.group_size) +
                    " does not divide the attention width " + std::to_string(c.attention_width()));
+  c.sse_dim = detail::metadata_int(f, "sse_dim", c.head_size);
+  c.original_heads = detail::metadata_int(f, "original_heads", c.heads);
+  c.original_head_size = detail::metadata_int(f, "original_head_size", c.head_size);
+  c.original_sse_dim = detail::metadata_int(f, "original_sse_dim", c.sse_dim);
+  c.original_projection = detail::metadata_int(f, "original_projection", c.projection) != 0;
+  if (c.has_meta_state()) check_meta_state(c, f.source());
   return c;
 }
 
@@ -201,11 +278,20 @@ inline rwkv7_weights load(const io::safetensors_file& f) {
   return w;
 }
 
-/// Writes the weights as F32 with the official names and `ln_x_group_size` metadata.
+/// Writes the weights as F32 with the official names, and `ln_x_group_size`, `sse_dim` and
+/// (after growth) the `original_*` sizes as metadata.
 inline void save(rwkv7_weights& w, const std::string& path) {
   io::safetensors_writer out;
   for (auto& p : parameters(w)) out.add<float>(p.name, p.shape, p.data);
   out.set_metadata("ln_x_group_size", std::to_string(w.config.group_size));
+  const auto& c = w.config;
+  if (c.has_meta_state()) out.set_metadata("sse_dim", std::to_string(c.sse_dim));
+  if (c.grown()) {
+    out.set_metadata("original_heads", std::to_string(c.original_heads));
+    out.set_metadata("original_head_size", std::to_string(c.original_head_size));
+    out.set_metadata("original_sse_dim", std::to_string(c.original_sse_dim));
+    out.set_metadata("original_projection", std::to_string(int(c.original_projection)));
+  }
   out.write(path);
 }
 
@@ -252,14 +338,25 @@ inline rwkv7_config make_config(int layers, int width, int head_size, int vocab)
   c.icl_rank = detail::lora_rank(2.5, width);
   c.value_rank = detail::lora_rank(1.7, width);
   c.gate_rank = detail::lora_rank(5.0, width);
+  c.blocks.assign(layers, block_kind::channel_mix);
+  c.sse_dim = head_size;
+  c.original_heads = c.heads, c.original_head_size = head_size, c.original_sse_dim = head_size;
   return c;
 }
 
 /// Initialises a model of the given sizes. `official` follows the x070 training code
 /// (RWKV-LM `RWKV-v7/train_temp`); `random` makes every tensor non-trivial.
 inline rwkv7_weights initialise(const rwkv7_config& config, std::uint64_t seed, init_kind kind = init_kind::official) {
+  if (static_cast<int>(config.blocks.size()) != config.layers)
+    throw shape_error("initialise: " + std::to_string(config.blocks.size()) + " block kinds for " +
+                      std::to_string(config.layers) + " layers");
+  if (config.has_meta_state()) check_meta_state(config, "initialise");
   rwkv7_weights w;
   w.config = config;
+  if (w.config.original_heads == 0) {  // unset: a model that never grew
+    w.config.original_heads = config.heads, w.config.original_head_size = config.head_size;
+    w.config.original_sse_dim = config.sse_dim, w.config.original_projection = config.projection;
+  }
   detail::allocate(w);
   std::mt19937_64 gen(seed);
   const auto& c = config;
@@ -309,7 +406,7 @@ inline rwkv7_weights initialise(const rwkv7_config& config, std::uint64_t seed, 
       a.x_v[i] = float(1 - std::pow(ddd, 0.7 * ratio_1_to_almost0));
       a.x_a[i] = float(1 - std::pow(ddd, 0.9 * ratio_1_to_almost0));
       a.x_g[i] = float(1 - std::pow(ddd, 0.2 * ratio_1_to_almost0));
-      Lw.ffn.x_k[i] = float(1 - std::pow(ddd, std::pow(ratio_1_to_almost0, 4)));
+      if (!c.is_meta_state(l)) Lw.ffn.x_k[i] = float(1 - std::pow(ddd, std::pow(ratio_1_to_almost0, 4)));
     }
     for (int n = 0; n < A; ++n) {
       const double linear = A > 1 ? double(n) / (A - 1) - 0.5 : 0.0;
@@ -333,8 +430,13 @@ inline rwkv7_weights initialise(const rwkv7_config& config, std::uint64_t seed, 
     uniform(a.key, -0.05 * s, 0.05 * s);
     uniform(a.value, -0.5 * s, 0.5 * s);
     a.output.setZero();
-    detail::orthogonal(Lw.ffn.key, 2.0, gen);
-    Lw.ffn.value.setZero();
+    if (c.is_meta_state(l)) {
+      Lw.ms.output.setZero();  // like every output projection of x070: the layer starts as identity
+      if (c.projection) Lw.ms.proj = matrix::Identity(c.head_size, c.input_head_size());
+    } else {
+      detail::orthogonal(Lw.ffn.key, 2.0, gen);
+      Lw.ffn.value.setZero();
+    }
   }
   return w;
 }

@@ -1,0 +1,147 @@
+// Meta-State layers and models: against the fp64 reference, modes that agree, causality, isolation, stability.
+#include <doctest/doctest.h>
+
+#include <metastate/metastate.hpp>
+
+#include <random>
+
+#include "model_fixture.hpp"
+#include "reference.hpp"
+#include "reference_model.hpp"
+
+namespace ms = metastate;
+namespace mm = metastate::model;
+
+namespace {
+
+std::vector<std::int64_t> random_tokens(int count, int vocab, std::uint64_t seed) {
+  std::mt19937_64 gen(seed);
+  std::vector<std::int64_t> t(count);
+  for (auto& x : t) x = std::uniform_int_distribution<std::int64_t>(0, vocab - 1)(gen);
+  return t;
+}
+
+std::vector<float> run(const mm::rwkv7_weights& w, const std::vector<std::int64_t>& tokens, mm::rwkv7_state& s,
+                       int chunk) {
+  std::vector<float> logits(tokens.size() * w.config.vocab);
+  mm::forward_options opt;
+  opt.chunk = chunk;
+  mm::forward(w, tokens.data(), static_cast<ms::index_t>(tokens.size()) / s.batch, s, logits.data(), opt);
+  return logits;
+}
+
+std::vector<float> flatten_ms(const mm::rwkv7_state& s) {
+  std::vector<float> out;
+  for (const auto& m : s.ms) out.insert(out.end(), m.begin(), m.end());
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("meta-state models match the fp64 reference (SPEC §4, §7: 1e-5)") {
+  struct shape {
+    const char* blocks;
+    int width, heads, head_size, sse_dim;  // head_size != width / heads: with the projection P
+  };
+  for (const auto s : {shape{"MM", 128, 4, 32, 0}, shape{"MM", 128, 2, 64, 0}, shape{"FM", 128, 4, 32, 20},
+                       shape{"MFM", 128, 2, 64, 40}, shape{"MM", 64, 2, 64, 0}, shape{"FMM", 64, 4, 32, 24}}) {
+    CAPTURE(s.blocks);
+    CAPTURE(s.head_size);
+    CAPTURE(s.sse_dim);
+    CAPTURE(s.width / s.heads);
+    fixture::temp_dir dir("meta_state");
+    const auto config = fixture::small_config(int(std::string(s.blocks).size()), s.width, s.heads, s.head_size, 89,
+                                              0, s.blocks, s.sse_dim);
+    auto w = mm::initialise(config, 21, mm::init_kind::random);
+    mm::save(w, dir / "m.safetensors");
+    const auto file = ms::io::safetensors_file::open(dir / "m.safetensors");
+    const auto loaded = mm::load(file);
+    CHECK(loaded.config.projection == (s.head_size != s.width / s.heads));
+    const ref_model::rwkv7 reference(file);
+    const auto tokens = random_tokens(33, 89, 22);
+    auto ref_state = reference.zero_state();
+    const auto expected = reference.forward(tokens, ref_state);
+    for (int chunk : {1, 8, 64}) {
+      CAPTURE(chunk);
+      mm::rwkv7_state state(loaded.config, 1);
+      CHECK(ref::rms_relative(run(loaded, tokens, state, chunk), expected) <= 1e-5);
+      std::vector<double> ref_ms;
+      for (const auto& m : ref_state.ms) ref_ms.insert(ref_ms.end(), m.begin(), m.end());
+      CHECK(ref::rms_relative(flatten_ms(state), ref_ms) <= 1e-5);
+    }
+  }
+}
+
+TEST_CASE("meta-state step == sequence == prefill-then-continue, for chunks that do not divide T") {
+  const auto w = mm::initialise(fixture::small_config(2, 64, 4, 16, 70, 0, "MF", 12), 23, mm::init_kind::random);
+  const auto tokens = random_tokens(31, 70, 24);
+  mm::rwkv7_state step_state(w.config, 1);
+  const auto step = run(w, tokens, step_state, 1);
+  for (int chunk : {2, 5, 8, 31, 100}) {
+    CAPTURE(chunk);
+    mm::rwkv7_state s(w.config, 1);
+    CHECK(ref::rms_relative(run(w, tokens, s, chunk), step) <= 1e-6);
+    CHECK(ref::rms_relative(flatten_ms(s), flatten_ms(step_state)) <= 1e-6);
+  }
+  mm::rwkv7_state s(w.config, 1);
+  auto logits = run(w, {tokens.begin(), tokens.begin() + 17}, s, 6);
+  const auto rest = run(w, {tokens.begin() + 17, tokens.end()}, s, 4);
+  logits.insert(logits.end(), rest.begin(), rest.end());
+  CHECK(ref::rms_relative(logits, step) <= 1e-6);
+}
+
+TEST_CASE("meta-state models are causal: changing token t+1 leaves outputs up to t unchanged") {
+  const auto w = mm::initialise(fixture::small_config(2, 64, 4, 16, 70, 0, "MM"), 25, mm::init_kind::random);
+  auto tokens = random_tokens(20, 70, 26);
+  mm::rwkv7_state a(w.config, 1), b(w.config, 1);
+  const auto before = run(w, tokens, a, 8);
+  tokens[12] = (tokens[12] + 1) % 70;
+  const auto after = run(w, tokens, b, 8);
+  CHECK(std::equal(before.begin(), before.begin() + 12 * 70, after.begin()));
+  CHECK(ref::rms_relative(std::vector<float>(after.begin() + 12 * 70, after.end()),
+                          std::vector<float>(before.begin() + 12 * 70, before.end())) > 1e-3);
+}
+
+TEST_CASE("meta-state batch rows are isolated") {
+  const auto w = mm::initialise(fixture::small_config(2, 64, 4, 16, 70, 0, "FM"), 27, mm::init_kind::random);
+  const int B = 3, T = 13;
+  const auto tokens = random_tokens(B * T, 70, 28);
+  mm::rwkv7_state batch(w.config, B);
+  const auto together = run(w, tokens, batch, 5);
+  for (int b = 0; b < B; ++b) {
+    mm::rwkv7_state single(w.config, 1);
+    const auto alone = run(w, {tokens.begin() + b * T, tokens.begin() + (b + 1) * T}, single, 5);
+    CHECK(ref::rms_relative(std::vector<float>(together.begin() + b * T * 70, together.begin() + (b + 1) * T * 70),
+                            alone) <= 1e-6);
+  }
+}
+
+TEST_CASE("meta-state stays finite and bounded over 100 000 tokens") {
+  const auto w = mm::initialise(fixture::small_config(1, 32, 2, 16, 20, 0, "M"), 29, mm::init_kind::random);
+  mm::rwkv7_state s(w.config, 1);
+  const auto tokens = random_tokens(100000, 20, 30);
+  std::vector<float> logits(20);
+  mm::forward_options opt;
+  opt.chunk = 256;
+  opt.logits = mm::logits_for::last_token;
+  double largest = 0;
+  for (std::size_t t0 = 0; t0 < tokens.size(); t0 += 10000) {
+    mm::forward(w, tokens.data() + t0, 10000, s, logits.data(), opt);
+    for (float m : s.ms[0]) {
+      REQUIRE(std::isfinite(m));
+      largest = std::max(largest, double(std::abs(m)));
+    }
+  }
+  for (float x : logits) CHECK(std::isfinite(x));
+  MESSAGE("largest |M| entry over 100 000 tokens: " << largest);
+  CHECK(largest < 1e6);
+}
+
+TEST_CASE("meta-state configurations are checked") {
+  auto c = fixture::small_config(1, 64, 4, 16, 20, 0, "M", 17);  // sse_dim > N
+  CHECK_THROWS_WITH_AS(mm::initialise(c, 1), doctest::Contains("sse_dim 17 must be in [1, head size 16]"),
+                       ms::shape_error);
+  c = fixture::small_config(1, 64, 4, 32, 20, 0, "M");
+  c.projection = false;  // N != C/H needs P
+  CHECK_THROWS_WITH_AS(mm::initialise(c, 1), doctest::Contains("have no 'ms.proj'"), ms::shape_error);
+}
