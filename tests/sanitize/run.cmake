@@ -10,7 +10,7 @@ endfunction()
 
 run_step(${CMAKE_COMMAND} -S ${SOURCE} -B ${WORK}/build -DCMAKE_CXX_COMPILER=${CXX} -DCMAKE_BUILD_TYPE=Debug
          -DMETASTATE_SANITIZE=ON -DMETASTATE_BUILD_BENCHMARKS=OFF -DMETASTATE_INSTALL=OFF)
-run_step(${CMAKE_COMMAND} --build ${WORK}/build --target metastate_tests)
+run_step(${CMAKE_COMMAND} --build ${WORK}/build --target metastate_tests --parallel 2)
 
 file(REMOVE_RECURSE ${WORK}/reports)
 file(MAKE_DIRECTORY ${WORK}/reports)

@@ -129,13 +129,15 @@ struct unit {
   int row0, row1;
 };
 
-/// Below this many state-element updates a call runs on one thread (fork cost dominates).
-inline constexpr double parallel_min_updates = 1 << 15;
+/// Below this many state-element updates (about 30 us of work) a call runs on one thread:
+/// forking and joining a team costs several microseconds (measured: a 12-head step took
+/// 6 us on one thread and 12 us on two).
+inline constexpr double parallel_min_updates = 1 << 18;
 
 /// Runs `Unit` kernels over batch x heads (and, when those are fewer than the threads, over
 /// row blocks of `granularity` rows: rows are independent). Each thread keeps the tokens
 /// loop outermost over its units: the [B,T,H,N] inputs of one token are then contiguous.
-/// When `Unit::transposed`, each state is transposed in place before and after the tokens.
+/// A unit is constructed before its first token and `finish`ed after its last.
 template <class Unit, class T, class A>
 void run_units(const problem<T, A>& p, const exec_policy& policy, int granularity) {
   const index_t items = p.batch * p.heads;
@@ -153,20 +155,13 @@ void run_units(const problem<T, A>& p, const exec_policy& policy, int granularit
     const int part = static_cast<int>(u % parts);
     return unit{item / p.heads, item % p.heads, part * rows_per_part, std::min(p.n, (part + 1) * rows_per_part)};
   };
-  auto transpose_all = [&] {
-#if METASTATE_HAS_OPENMP
-#pragma omp for schedule(static)
-#endif
-    for (index_t item = 0; item < items; ++item) Unit::transpose(p.state.data() + item * p.n * p.n, p.n);
-  };
-
   auto run_thread = [&](int tid) {
-    if constexpr (Unit::transposed) transpose_all();
     const index_t first = units * tid / threads, last = units * (tid + 1) / threads;
     if (last - first == 1 || p.tokens == 1) {
       for (index_t u = first; u < last; ++u) {
         Unit k(p, unit_at(u));
         for (index_t t = 0; t < p.tokens; ++t) k.token(t);
+        k.finish();
       }
     } else {
       std::vector<Unit> mine;
@@ -174,12 +169,7 @@ void run_units(const problem<T, A>& p, const exec_policy& policy, int granularit
       for (index_t u = first; u < last; ++u) mine.emplace_back(p, unit_at(u));
       for (index_t t = 0; t < p.tokens; ++t)
         for (auto& k : mine) k.token(t);
-    }
-    if constexpr (Unit::transposed) {
-#if METASTATE_HAS_OPENMP
-#pragma omp barrier
-#endif
-      transpose_all();
+      for (auto& k : mine) k.finish();
     }
   };
   // Even a one-thread parallel region costs about a microsecond: skip it for one thread.
@@ -191,13 +181,6 @@ void run_units(const problem<T, A>& p, const exec_policy& policy, int granularit
 #pragma omp parallel num_threads(threads)
   run_thread(thread_index());
 #endif
-}
-
-/// In-place transpose of a row-major n x n matrix.
-template <class A>
-void transpose_square(A* s, int n) {
-  for (int i = 0; i < n; ++i)
-    for (int j = i + 1; j < n; ++j) std::swap(s[i * n + j], s[j * n + i]);
 }
 
 }  // namespace metastate::wkv7::detail

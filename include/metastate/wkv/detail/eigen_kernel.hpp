@@ -15,9 +15,6 @@ class eigen_unit {
   using key_map = Eigen::Map<const vector>;
 
  public:
-  static constexpr bool transposed = false;
-  static void transpose(A*, int) {}
-
   eigen_unit(const problem<T, A>& p, const unit& u)
       : p_(p), u_(u), load_(p, u.b, u.h) {}
 
@@ -32,6 +29,8 @@ class eigen_unit {
     if (i < u_.row1) update<Eigen::Dynamic>(x, t, i, u_.row1 - i);
     load_.commit_y(t, u_.row0, u_.row1);
   }
+
+  void finish() {}
 
  private:
   template <int Rows>

@@ -9,9 +9,6 @@ namespace metastate::wkv7::detail {
 template <class T, class A, int N>
 class scalar_unit {
  public:
-  static constexpr bool transposed = false;
-  static void transpose(A*, int) {}
-
   scalar_unit(const problem<T, A>& p, const unit& u)
       : p_(p), u_(u), load_(p, u.b, u.h), s_(p.state.at(u.b, u.h)) {}
 
@@ -32,6 +29,8 @@ class scalar_unit {
     }
     load_.commit_y(t, u_.row0, u_.row1);
   }
+
+  void finish() {}
 
  private:
   const problem<T, A>& p_;

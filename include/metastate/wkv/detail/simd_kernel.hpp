@@ -19,9 +19,6 @@ class simd_row_unit {
   static constexpr int L = static_cast<int>(batch::size);
 
  public:
-  static constexpr bool transposed = false;
-  static void transpose(float*, int) {}
-
   simd_row_unit(const problem<T, float>& p, const unit& u)
       : p_(p), u_(u), load_(p, u.b, u.h), s_(p.state.at(u.b, u.h)) {}
 
@@ -39,23 +36,27 @@ class simd_row_unit {
         for (int q = 0; q < L; ++q) acc[q] = xsimd::fma(batch::load_unaligned(block + q * n + j), a, acc[q]);
       }
       xsimd::haddp(acc).store_aligned(removal);
-      for (int q = 0; q < L; ++q) {
-        const batch uq(removal[q]), vq(x.v[i0 + q]);
-        float* row = block + q * n;
-        batch out(0.f);
-        for (int j = 0; j < n; j += L) {
-          batch s = batch::load_unaligned(row + j) * batch::load_unaligned(x.w + j);
-          s = xsimd::fma(uq, batch::load_unaligned(x.b + j), s);
-          s = xsimd::fma(vq, batch::load_unaligned(x.k + j), s);
-          s.store_unaligned(row + j);
-          out = xsimd::fma(s, batch::load_unaligned(x.r + j), out);
+      // Columns outer, rows inner: the key-axis vectors are loaded once for the L rows.
+      batch u[L], v[L];
+      for (int q = 0; q < L; ++q) u[q] = batch(removal[q]), v[q] = batch(x.v[i0 + q]), acc[q] = batch(0.f);
+      for (int j = 0; j < n; j += L) {
+        const batch w = batch::load_unaligned(x.w + j), b = batch::load_unaligned(x.b + j),
+                    k = batch::load_unaligned(x.k + j), r = batch::load_unaligned(x.r + j);
+        for (int q = 0; q < L; ++q) {
+          float* cell = block + q * n + j;
+          batch s = batch::load_unaligned(cell) * w;
+          s = xsimd::fma(u[q], b, s);
+          s = xsimd::fma(v[q], k, s);
+          s.store_unaligned(cell);
+          acc[q] = xsimd::fma(s, r, acc[q]);
         }
-        acc[q] = out;
       }
       xsimd::haddp(acc).store_unaligned(y + i0);
     }
     load_.commit_y(t, u_.row0, u_.row1);
   }
+
+  void finish() {}
 
  private:
   const problem<T, float>& p_;
@@ -64,11 +65,12 @@ class simd_row_unit {
   float* s_;
 };
 
-/// Sequence kernel on the TRANSPOSED state (column j of S contiguous over the rows), so a
-/// vector holds L rows and no horizontal sum is ever needed. One pass per token updates
-/// the state, forms y = S_t r_t, and already forms the next token's u = S_t a_{t+1}
-/// (removing the u -> update dependency of a two-pass kernel). Blocks of `RB` row vectors
-/// share the five broadcast key-axis values of each column.
+/// Sequence kernel on a private TRANSPOSED copy of the unit's rows (column j of those rows
+/// contiguous), so a vector holds L rows and no horizontal sum is ever needed. One pass per
+/// token updates the state, forms y = S_t r_t, and already forms the next token's
+/// u = S_t a_{t+1} (removing the u -> update dependency of a two-pass kernel). Blocks of `RB`
+/// row vectors share the five broadcast key-axis values of each column. The copy is private
+/// to the unit, so threads splitting one state's rows never share a cache line.
 template <class Arch, class T, int N>
 class simd_transposed_unit {
   using batch = xsimd::batch<float, Arch>;
@@ -76,18 +78,18 @@ class simd_transposed_unit {
   static constexpr int RB = 4;
 
  public:
-  static constexpr bool transposed = true;
-  static void transpose(float* s, int n) { transpose_square(s, n); }
-
   simd_transposed_unit(const problem<T, float>& p, const unit& u)
-      : p_(p), u_(u), load_(p, u.b, u.h), s_(p.state.at(u.b, u.h)), removal_(make_scratch<float, N, 1>(p.n)) {
-    // u for the first token: u = S_0 a_0, column by column.
+      : p_(p), u_(u), load_(p, u.b, u.h), s_(p.state.at(u.b, u.h)), rows_(u.row1 - u.row0),
+        work_(static_cast<std::size_t>(rows_) * p.n), removal_(make_scratch<float, N, 1>(p.n)) {
     const int n = head_size<N>(p_.n).value();
+    for (int i = 0; i < rows_; ++i)
+      for (int j = 0; j < n; ++j) work_[static_cast<std::size_t>(j) * rows_ + i] = s_[(u_.row0 + i) * n + j];
+    // u for the first token: u = S_0 a_0, column by column.
     const float* a = load_.load_a_ahead(0);
-    for (int i = u_.row0; i < u_.row1; i += L) {
+    for (int i = 0; i < rows_; i += L) {
       batch acc(0.f);
-      for (int j = 0; j < n; ++j) acc = xsimd::fma(batch::load_unaligned(s_ + j * n + i), batch(a[j]), acc);
-      acc.store_unaligned(removal_.data() + i);
+      for (int j = 0; j < n; ++j) acc = xsimd::fma(batch::load_unaligned(column(j) + i), batch(a[j]), acc);
+      acc.store_unaligned(removal_.data() + u_.row0 + i);
     }
   }
 
@@ -102,7 +104,16 @@ class simd_transposed_unit {
     load_.commit_y(t, u_.row0, u_.row1);
   }
 
+  /// Writes the unit's rows back into the caller's state.
+  void finish() {
+    const int n = head_size<N>(p_.n).value();
+    for (int i = 0; i < rows_; ++i)
+      for (int j = 0; j < n; ++j) s_[(u_.row0 + i) * n + j] = work_[static_cast<std::size_t>(j) * rows_ + i];
+  }
+
  private:
+  float* column(int j) { return work_.data() + static_cast<std::size_t>(j) * rows_; }
+
   template <int R>
   void rows(int i0, const typename token_loader<T, float, N>::token& x, const float* a_next, float* y) {
     const int n = head_size<N>(p_.n).value();
@@ -116,12 +127,12 @@ class simd_transposed_unit {
     }
     for (int j = 0; j < n; ++j) {
       const batch w(x.w[j]), b(x.b[j]), k(x.k[j]), r(x.r[j]), a(a_next[j]);
-      float* column = s_ + static_cast<index_t>(j) * n + i0;
+      float* col = column(j) + (i0 - u_.row0);
       for (int q = 0; q < R; ++q) {
-        batch s = batch::load_unaligned(column + q * L) * w;
+        batch s = batch::load_unaligned(col + q * L) * w;
         s = xsimd::fma(u[q], b, s);
         s = xsimd::fma(v[q], k, s);
-        s.store_unaligned(column + q * L);
+        s.store_unaligned(col + q * L);
         out[q] = xsimd::fma(s, r, out[q]);
         next[q] = xsimd::fma(s, a, next[q]);
       }
@@ -136,6 +147,8 @@ class simd_transposed_unit {
   unit u_;
   token_loader<T, float, N> load_;
   float* s_;
+  int rows_;
+  std::vector<float> work_;
   scratch<float, N, 1> removal_;
 };
 
@@ -143,7 +156,7 @@ class simd_transposed_unit {
 template <class Arch>
 inline constexpr int simd_lanes = static_cast<int>(xsimd::batch<float, Arch>::size);
 
-/// Sequences at least this long pay for the two in-place transposes of the state.
+/// Sequences at least this long pay for the two transposing copies of the state.
 inline constexpr index_t transposed_min_tokens = 4;
 
 }  // namespace metastate::wkv7::detail
