@@ -1,9 +1,10 @@
 // Random RWKV-7 checkpoints on disk, shared by the model and CLI tests.
 #pragma once
 
-#include <metastate/model/weights.hpp>
+#include <metastate/model/rwkv7.hpp>
 
 #include <filesystem>
+#include <random>
 #include <string>
 #include <unistd.h>
 
@@ -38,6 +39,24 @@ inline metastate::model::rwkv7_config small_config(int layers, int width, int he
   c.group_size = group_size ? group_size : head_size;
   c.decay_rank = 8, c.icl_rank = 12, c.value_rank = 4, c.gate_rank = 16;
   return c;
+}
+
+inline std::vector<std::int64_t> random_tokens(int count, int vocab, std::uint64_t seed) {
+  std::mt19937_64 gen(seed);
+  std::vector<std::int64_t> t(count);
+  for (auto& x : t) x = std::uniform_int_distribution<std::int64_t>(0, vocab - 1)(gen);
+  return t;
+}
+
+/// Runs `tokens` ([B, T] row-major, B = s.batch) in chunks of `chunk`; returns all logits.
+inline std::vector<float> run(const metastate::model::rwkv7_weights& w, const std::vector<std::int64_t>& tokens,
+                              metastate::model::rwkv7_state& s, int chunk) {
+  std::vector<float> logits(tokens.size() * w.config.vocab);
+  metastate::model::forward_options opt;
+  opt.chunk = chunk;
+  metastate::model::forward(w, tokens.data(), static_cast<metastate::index_t>(tokens.size()) / s.batch, s,
+                            logits.data(), opt);
+  return logits;
 }
 
 }  // namespace fixture

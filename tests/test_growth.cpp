@@ -4,32 +4,16 @@
 #include <metastate/metastate.hpp>
 #include <metastate/scaling/grow.hpp>
 
-#include <random>
-
 #include "model_fixture.hpp"
 #include "reference.hpp"
 
 namespace ms = metastate;
 namespace mm = metastate::model;
+using fixture::random_tokens;
+using fixture::run;
 namespace sc = metastate::scaling;
 
 namespace {
-
-std::vector<std::int64_t> random_tokens(int count, int vocab, std::uint64_t seed) {
-  std::mt19937_64 gen(seed);
-  std::vector<std::int64_t> t(count);
-  for (auto& x : t) x = std::uniform_int_distribution<std::int64_t>(0, vocab - 1)(gen);
-  return t;
-}
-
-std::vector<float> run(const mm::rwkv7_weights& w, const std::vector<std::int64_t>& tokens, mm::rwkv7_state& s,
-                       int chunk) {
-  std::vector<float> logits(tokens.size() * w.config.vocab);
-  mm::forward_options opt;
-  opt.chunk = chunk;
-  mm::forward(w, tokens.data(), static_cast<ms::index_t>(tokens.size()), s, logits.data(), opt);
-  return logits;
-}
 
 struct model_case {
   const char* name;

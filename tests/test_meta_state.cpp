@@ -3,32 +3,16 @@
 
 #include <metastate/metastate.hpp>
 
-#include <random>
-
 #include "model_fixture.hpp"
 #include "reference.hpp"
 #include "reference_model.hpp"
 
 namespace ms = metastate;
 namespace mm = metastate::model;
+using fixture::random_tokens;
+using fixture::run;
 
 namespace {
-
-std::vector<std::int64_t> random_tokens(int count, int vocab, std::uint64_t seed) {
-  std::mt19937_64 gen(seed);
-  std::vector<std::int64_t> t(count);
-  for (auto& x : t) x = std::uniform_int_distribution<std::int64_t>(0, vocab - 1)(gen);
-  return t;
-}
-
-std::vector<float> run(const mm::rwkv7_weights& w, const std::vector<std::int64_t>& tokens, mm::rwkv7_state& s,
-                       int chunk) {
-  std::vector<float> logits(tokens.size() * w.config.vocab);
-  mm::forward_options opt;
-  opt.chunk = chunk;
-  mm::forward(w, tokens.data(), static_cast<ms::index_t>(tokens.size()) / s.batch, s, logits.data(), opt);
-  return logits;
-}
 
 std::vector<float> flatten_ms(const mm::rwkv7_state& s) {
   std::vector<float> out;

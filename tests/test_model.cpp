@@ -3,34 +3,16 @@
 
 #include <metastate/model/rwkv7.hpp>
 
-#include <random>
-
 #include "model_fixture.hpp"
 #include "reference.hpp"
 #include "reference_model.hpp"
 
 namespace ms = metastate;
 namespace mm = metastate::model;
+using fixture::random_tokens;
+using fixture::run;
 
 namespace {
-
-std::vector<std::int64_t> random_tokens(int count, int vocab, std::uint64_t seed) {
-  std::mt19937_64 gen(seed);
-  std::uniform_int_distribution<std::int64_t> d(0, vocab - 1);
-  std::vector<std::int64_t> t(count);
-  for (auto& x : t) x = d(gen);
-  return t;
-}
-
-std::vector<float> run(const mm::rwkv7_weights& w, const std::vector<std::int64_t>& tokens, mm::rwkv7_state& s,
-                       int chunk) {
-  const auto T = static_cast<ms::index_t>(tokens.size()) / s.batch;
-  std::vector<float> logits(tokens.size() * w.config.vocab);
-  mm::forward_options opt;
-  opt.chunk = chunk;
-  mm::forward(w, tokens.data(), T, s, logits.data(), opt);
-  return logits;
-}
 
 std::vector<double> flatten_kv(const mm::rwkv7_state& s) {
   std::vector<double> out;

@@ -1,11 +1,6 @@
 # ctest driver: builds and runs tests/consumer against an installed copy (MODE=find_package)
 # or the source tree (MODE=add_subdirectory). Fails on the first failing step.
-function(run_step)
-  execute_process(COMMAND ${ARGV} RESULT_VARIABLE rc)
-  if(NOT rc EQUAL 0)
-    message(FATAL_ERROR "consumer step failed (${rc}): ${ARGV}")
-  endif()
-endfunction()
+include(${CMAKE_CURRENT_LIST_DIR}/../run_step.cmake)
 
 file(REMOVE_RECURSE ${WORK})
 set(consumer_args -S ${SOURCE}/tests/consumer -B ${WORK}/build -DCMAKE_BUILD_TYPE=Release)

@@ -5,12 +5,7 @@ if(NOT CXX OR NOT EXISTS "${CXX}")
   message(FATAL_ERROR "fuzz: clang++ not found (METASTATE_FUZZ_CXX='${CXX}'); install the Debian packages "
                       "clang and libclang-rt-14-dev (tools/install-deps does), then re-run cmake")
 endif()
-function(run_step)
-  execute_process(COMMAND ${ARGV} RESULT_VARIABLE rc)
-  if(NOT rc EQUAL 0)
-    message(FATAL_ERROR "fuzz step failed (${rc}): ${ARGV}")
-  endif()
-endfunction()
+include(${CMAKE_CURRENT_LIST_DIR}/../run_step.cmake)
 
 # The build is kept between runs; the corpus and any findings are not.
 file(REMOVE_RECURSE ${WORK}/seeds ${WORK}/corpus ${WORK}/findings)

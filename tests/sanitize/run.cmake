@@ -1,12 +1,7 @@
 # ctest driver: configures the project in WORK with METASTATE_SANITIZE=ON (ASan + UBSan, -O1 -g), builds the
 # doctest suite and the CLI it runs, and runs the suite. Sanitizer reports go to WORK/reports/, so that one
 # from a CLI run (whose output the suite captures) fails the test too; any report is printed.
-function(run_step)
-  execute_process(COMMAND ${ARGV} RESULT_VARIABLE rc)
-  if(NOT rc EQUAL 0)
-    message(FATAL_ERROR "sanitize step failed (${rc}): ${ARGV}")
-  endif()
-endfunction()
+include(${CMAKE_CURRENT_LIST_DIR}/../run_step.cmake)
 
 run_step(${CMAKE_COMMAND} -S ${SOURCE} -B ${WORK}/build -DCMAKE_CXX_COMPILER=${CXX} -DCMAKE_BUILD_TYPE=Debug
          -DMETASTATE_SANITIZE=ON -DMETASTATE_BUILD_BENCHMARKS=OFF -DMETASTATE_INSTALL=OFF)
