@@ -38,8 +38,8 @@ double relative_difference(const std::vector<float>& a, const std::vector<float>
 }  // namespace
 
 int main() {
-  // 4 Meta-State layers, width 256, 8 heads of 32, byte vocabulary.
-  auto config = mm::make_config(4, 256, 32, 256);
+  // 2 Meta-State layers, width 256, 8 heads of 32, byte vocabulary.
+  auto config = mm::make_config(2, 256, 32, 256);
   config.blocks.assign(config.layers, mm::block_kind::meta_state);
   auto model = mm::initialise(config, 42, mm::init_kind::random);
 

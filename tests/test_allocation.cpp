@@ -104,3 +104,22 @@ TEST_CASE("sequence-mode memory does not grow with T (RWKV-7 and Meta-State laye
   CHECK(short_run > 0);  // the counter sees the workspace
   CHECK(long_run == short_run);
 }
+
+TEST_CASE("decoding allocates nothing after the first token (RWKV-7 and Meta-State layers, head size 16)") {
+  namespace mm = ms::model;
+  const auto w = mm::initialise(fixture::small_config(2, 64, 4, 16, 50, 0, "FM", 12), 2, mm::init_kind::random);
+  mm::rwkv7_state state(w.config, 1);
+  std::vector<float> logits(50);
+  mm::forward_options opt;
+  opt.chunk = 1;
+  opt.logits = mm::logits_for::last_token;
+  opt.exec.threads = 1;
+  const std::int64_t tokens[] = {3, 7, 11};
+  mm::forward(w, tokens, 1, state, logits.data(), opt);  // sizes the workspace
+  allocations = 0;
+  counting = true;
+  mm::forward(w, tokens + 1, 1, state, logits.data(), opt);
+  mm::forward(w, tokens + 2, 1, state, logits.data(), opt);
+  counting = false;
+  CHECK(allocations.load() == 0);
+}

@@ -63,7 +63,7 @@ void encode(state_view<const S> state, sequence_view<const T> x, sequence_view<T
     for (index_t h = 0; h < H; ++h) {
       const Eigen::Map<const matrix, 0, Eigen::OuterStride<>> s(state.at(b, h), n, n, Eigen::OuterStride<>(N));
       const auto q = Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, 1>>(x.at(b, 0, h), n).template cast<A>();
-      Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, 1>>(e.at(b, 0, h), n) = (s * q).template cast<T>();
+      Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, 1>>(e.at(b, 0, h), n) = s.lazyProduct(q).template cast<T>();
     }
 }
 

@@ -46,10 +46,11 @@ inline void layer_norm(const matrix& in, matrix& out, const row_vector& weight, 
 /// Normalises each group of `group` consecutive channels of every row (GroupNorm, no affine).
 inline void group_norm(matrix& y, int group, float eps) {
   Eigen::Map<matrix> groups(y.data(), y.size() / group, group);
-  const Eigen::ArrayXf mean = groups.rowwise().mean();
-  groups.array().colwise() -= mean;
-  const Eigen::ArrayXf inv_std = (groups.array().square().rowwise().mean() + eps).rsqrt();
-  groups.array().colwise() *= inv_std;
+  for (Eigen::Index i = 0; i < groups.rows(); ++i) {
+    auto g = groups.row(i).array();
+    g -= g.mean();
+    g *= 1.0f / std::sqrt(g.square().mean() + eps);  // biased variance
+  }
 }
 
 template <class X>
@@ -126,8 +127,7 @@ inline void time_mix(const rwkv7_config& c, const layer_weights& lw, int layer, 
   ws.b = ws.k.array().rowwise() * p.k_k.array();
   {
     Eigen::Map<matrix> heads(ws.b.data(), M * H, N);
-    const Eigen::ArrayXf inv = heads.rowwise().norm().array().max(1e-12f).inverse();
-    heads.array().colwise() *= inv;
+    for (Eigen::Index i = 0; i < heads.rows(); ++i) heads.row(i) /= std::max(heads.row(i).norm(), 1e-12f);
   }
   ws.k.array() *= 1.0f + ((ws.a.array() - 1.0f).rowwise() * p.k_a.array());
   ws.y = ws.b.cwiseProduct(ws.a);  // b = κ̂ α
@@ -145,7 +145,7 @@ inline void time_mix(const rwkv7_config& c, const layer_weights& lw, int layer, 
     ws.mix.array().rowwise() *= Eigen::Map<const row_vector>(p.r_k.data(), H * N).array();
     Eigen::Map<matrix> rk(ws.mix.data(), M * H, N), y(ws.y.data(), M * H, N);
     const Eigen::Map<const matrix> v(ws.v.data(), M * H, N);
-    y += rk.rowwise().sum().asDiagonal() * v;
+    for (Eigen::Index i = 0; i < y.rows(); ++i) y.row(i) += rk.row(i).sum() * v.row(i);
   }
   ws.y.array() *= ws.g.array();
   ws.x.noalias() += ws.y * p.output.transpose();
@@ -202,8 +202,10 @@ inline void meta_state_layer(const rwkv7_config& c, const layer_weights& lw, int
   ws.x.noalias() += ws.readout * lw.ms.output.transpose();
 }
 
+/// The sizes a state depends on (compared field by field: this runs once per decoded token).
 inline bool same_shape(const rwkv7_config& a, const rwkv7_config& b) {
-  return config_string(a, 1) == config_string(b, 1);
+  return a.layers == b.layers && a.width == b.width && a.heads == b.heads && a.head_size == b.head_size &&
+         a.blocks == b.blocks && (!a.has_meta_state() || a.sse_dim == b.sse_dim);
 }
 
 /// Sets Eigen's GEMM threads for the duration of a call.

@@ -61,8 +61,9 @@ class token_loader {
     const A *r, *w, *k, *v, *a, *b;
   };
 
+  // A dynamic head size allocates its buffer only when something must be converted.
   token_loader(const problem<T, A>& p, index_t b, index_t h)
-      : p_(p), b_(b), h_(h), n_(p.n), buf_(make_scratch<A, N, 8>(p.n)) {}
+      : p_(p), b_(b), h_(h), n_(p.n), buf_(make_scratch<A, N, 8>(direct && p.decay == decay_input::w ? 0 : p.n)) {}
 
   int n() const { return n_; }
 
