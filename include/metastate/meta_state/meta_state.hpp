@@ -28,8 +28,7 @@ struct workspace {
 
 namespace detail {
 
-template <class T>
-void check_sse_dim(const char* context, int n, index_t N) {
+inline void check_sse_dim(const char* context, int n, index_t N) {
   if (n <= 0 || n > N)
     throw shape_error(std::string(context) + ": sse_dim " + std::to_string(n) + " must be in [1, head size " +
                       std::to_string(N) + "]");
@@ -54,7 +53,7 @@ template <class T, class S>
 void encode(state_view<const S> state, sequence_view<const T> x, sequence_view<T> e, int n) {
   static_assert(std::is_same_v<S, accum_t<T>>, "THE_STATE_MUST_HAVE_THE_ACCUMULATE_TYPE_OF_THE_STORAGE_TYPE");
   const index_t B = state.batch(), H = state.heads(), N = state.head_size();
-  detail::check_sse_dim<T>("meta_state::encode", n, N);
+  detail::check_sse_dim("meta_state::encode", n, N);
   expect_shape("meta_state::encode", "x", x.shape(), std::array<index_t, 4>{B, 1, H, N});
   expect_shape("meta_state::encode", "e", e.shape(), std::array<index_t, 4>{B, 1, H, n});
   using A = accum_t<T>;
@@ -74,7 +73,7 @@ template <int N = dynamic, class Backend = backend::default_backend, class T, cl
 void encode_sequence(const wkv7::inputs<T>& wkv, state_view<const S> start, sequence_view<const T> x,
                      sequence_view<T> e, int n, workspace<T>& ws, const wkv7::options& opt = {}) {
   const auto& shape = wkv.r.shape();
-  detail::check_sse_dim<T>("meta_state::encode_sequence", n, shape[3]);
+  detail::check_sse_dim("meta_state::encode_sequence", n, shape[3]);
   expect_shape("meta_state::encode_sequence", "x", x.shape(), shape);
   expect_shape("meta_state::encode_sequence", "e", e.shape(), std::array<index_t, 4>{shape[0], shape[1], shape[2], n});
   const index_t heads = x.size() / shape[3];
@@ -99,7 +98,7 @@ void evolve(sequence_view<const T> w, sequence_view<const T> a, sequence_view<co
             sequence_view<const T> x, state_view<S> m, sequence_view<T> o, workspace<T>& ws,
             const wkv7::options& opt = {}) {
   const int n = static_cast<int>(m.head_size());
-  detail::check_sse_dim<T>("meta_state::evolve", n, w.head_size());
+  detail::check_sse_dim("meta_state::evolve", n, w.head_size());
   for (const auto& [name, view] : {std::pair{"a", &a}, std::pair{"b", &b}, std::pair{"x", &x}})
     expect_shape("meta_state::evolve", name, view->shape(), w.shape());
   // The Meta-State recurrence IS the WKV-7 op with (r, k, v) = (x̃, e, e) on the first n channels.

@@ -32,8 +32,6 @@ struct forward_options {
 
 namespace detail {
 
-using array_ref = Eigen::Ref<matrix>;
-
 inline void layer_norm(const matrix& in, matrix& out, const row_vector& weight, const row_vector& bias, float eps) {
   out.resize(in.rows(), in.cols());
   for (Eigen::Index i = 0; i < in.rows(); ++i) {
