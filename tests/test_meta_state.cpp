@@ -11,16 +11,7 @@ namespace ms = metastate;
 namespace mm = metastate::model;
 using fixture::random_tokens;
 using fixture::run;
-
-namespace {
-
-std::vector<float> flatten_ms(const mm::rwkv7_state& s) {
-  std::vector<float> out;
-  for (const auto& m : s.ms) out.insert(out.end(), m.begin(), m.end());
-  return out;
-}
-
-}  // namespace
+using fixture::flatten;
 
 TEST_CASE("meta-state models match the fp64 reference (SPEC §4, §7: 1e-5)") {
   struct shape {
@@ -49,9 +40,7 @@ TEST_CASE("meta-state models match the fp64 reference (SPEC §4, §7: 1e-5)") {
       CAPTURE(chunk);
       mm::rwkv7_state state(loaded.config, 1);
       CHECK(ref::rms_relative(run(loaded, tokens, state, chunk), expected) <= 1e-5);
-      std::vector<double> ref_ms;
-      for (const auto& m : ref_state.ms) ref_ms.insert(ref_ms.end(), m.begin(), m.end());
-      CHECK(ref::rms_relative(flatten_ms(state), ref_ms) <= 1e-5);
+      CHECK(ref::rms_relative(flatten(state.ms), flatten(ref_state.ms)) <= 1e-5);
     }
   }
 }
@@ -65,7 +54,7 @@ TEST_CASE("meta-state step == sequence == prefill-then-continue, for chunks that
     CAPTURE(chunk);
     mm::rwkv7_state s(w.config, 1);
     CHECK(ref::rms_relative(run(w, tokens, s, chunk), step) <= 1e-6);
-    CHECK(ref::rms_relative(flatten_ms(s), flatten_ms(step_state)) <= 1e-6);
+    CHECK(ref::rms_relative(flatten(s.ms), flatten(step_state.ms)) <= 1e-6);
   }
   mm::rwkv7_state s(w.config, 1);
   auto logits = run(w, {tokens.begin(), tokens.begin() + 17}, s, 6);

@@ -11,16 +11,7 @@ namespace ms = metastate;
 namespace mm = metastate::model;
 using fixture::random_tokens;
 using fixture::run;
-
-namespace {
-
-std::vector<double> flatten_kv(const mm::rwkv7_state& s) {
-  std::vector<double> out;
-  for (const auto& layer : s.att_kv) out.insert(out.end(), layer.begin(), layer.end());
-  return out;
-}
-
-}  // namespace
+using fixture::flatten;
 
 TEST_CASE("rwkv7 model matches the fp64 reference (SPEC §7: 1e-5)") {
   struct shape {
@@ -44,9 +35,7 @@ TEST_CASE("rwkv7 model matches the fp64 reference (SPEC §7: 1e-5)") {
     const auto expected = reference.forward(tokens, ref_state);
     mm::rwkv7_state state(loaded.config, 1);
     CHECK(ref::rms_relative(run(loaded, tokens, state, 16), expected) <= 1e-5);
-    std::vector<double> ref_kv;
-    for (const auto& layer : ref_state.att_kv) ref_kv.insert(ref_kv.end(), layer.begin(), layer.end());
-    CHECK(ref::rms_relative(flatten_kv(state), ref_kv) <= 1e-5);
+    CHECK(ref::rms_relative(flatten(state.att_kv), flatten(ref_state.att_kv)) <= 1e-5);
   }
 }
 
@@ -59,7 +48,7 @@ TEST_CASE("rwkv7 sequence, step and prefill-then-continue agree") {
     CAPTURE(chunk);
     mm::rwkv7_state s(w.config, 1);
     CHECK(ref::rms_relative(run(w, tokens, s, chunk), whole) <= 1e-6);
-    CHECK(ref::rms_relative(flatten_kv(s), flatten_kv(whole_state)) <= 1e-6);
+    CHECK(ref::rms_relative(flatten(s.att_kv), flatten(whole_state.att_kv)) <= 1e-6);
   }
   // Prefill 20 tokens, then continue token by token from the returned state.
   mm::rwkv7_state s(w.config, 1);
