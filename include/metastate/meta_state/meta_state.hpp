@@ -77,17 +77,22 @@ void encode_sequence(const wkv7::inputs<T>& wkv, state_view<const S> start, sequ
   expect_shape("meta_state::encode_sequence", "x", x.shape(), shape);
   expect_shape("meta_state::encode_sequence", "e", e.shape(), std::array<index_t, 4>{shape[0], shape[1], shape[2], n});
   const index_t heads = x.size() / shape[3];
-  // The query is x̃ with its channels past n zeroed, so y_t[:n] = S_t[:n,:n] x̃_t[:n].
-  ws.query.assign(x.data(), x.data() + x.size());
-  if (n < shape[3])
+  const bool whole = n == shape[3];  // the default: x̃ is the query and e is the replay's y
+  // Otherwise the query is x̃ with its channels past n zeroed, so y_t[:n] = S_t[:n,:n] x̃_t[:n].
+  sequence_view<const T> query = x;
+  if (!whole) {
+    ws.query.assign(x.data(), x.data() + x.size());
     for (index_t i = 0; i < heads; ++i) std::fill_n(ws.query.data() + i * shape[3] + n, shape[3] - n, T(0));
+    query = sequence_view<const T>(ws.query.data(), shape[0], shape[1], shape[2], shape[3]);
+    ws.replay_y.resize(static_cast<std::size_t>(x.size()));
+  }
   ws.replay_state.assign(start.data(), start.data() + start.size());
-  ws.replay_y.resize(static_cast<std::size_t>(x.size()));
-  const sequence_view<const T> query(ws.query.data(), shape[0], shape[1], shape[2], shape[3]);
+  T* y = whole ? e.data() : ws.replay_y.data();
   wkv7::sequence<N, Backend>(wkv7::inputs<T>{query, wkv.w, wkv.k, wkv.v, wkv.a, wkv.b},
                              state_view<S>(ws.replay_state.data(), start.batch(), start.heads(), start.head_size()),
-                             sequence_view<T>(ws.replay_y.data(), shape[0], shape[1], shape[2], shape[3]), opt);
-  for (index_t i = 0; i < heads; ++i) std::copy_n(ws.replay_y.data() + i * shape[3], n, e.data() + i * n);
+                             sequence_view<T>(y, shape[0], shape[1], shape[2], shape[3]), opt);
+  if (!whole)
+    for (index_t i = 0; i < heads; ++i) std::copy_n(ws.replay_y.data() + i * shape[3], n, e.data() + i * n);
 }
 
 /// Evolution and readout over T tokens: M [B,H,n,n] holds M_0 on entry and M_T on return;
