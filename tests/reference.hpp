@@ -1,6 +1,7 @@
 // Plain fp64 references written from SPEC.md, independent of the library's kernels.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <random>
@@ -76,6 +77,47 @@ inline std::vector<double> wkv7(const wkv_problem& p, std::vector<double>& state
       }
     }
   return y;
+}
+
+/// SPEC §4 at the op level, literally: the WKV state S_t of `p` from p.s0 (r unused), then
+/// e_t = S_t[:n,:n] x̃_t[:n];  M_t = M_{t-1} diag(w_t[:n]) + (M_{t-1} a_t[:n]) b_t[:n]ᵀ + e_t e_tᵀ;
+/// o_t = M_t x̃_t[:n]. `x` is x̃ [B,T,H,N]; `m` [B,H,n,n] holds M_0 on entry and M_T on return.
+/// Returns o [B,T,H,n].
+inline std::vector<double> meta_state(const wkv_problem& p, const std::vector<double>& x, int n,
+                                      std::vector<double>& m) {
+  const int N = p.N;
+  std::vector<double> o(std::size_t(p.B) * p.T * p.H * n), S(std::size_t(N) * N), u(N), e(n), mu(n);
+  for (int bi = 0; bi < p.B; ++bi)
+    for (int h = 0; h < p.H; ++h) {
+      const std::size_t bh = std::size_t(bi) * p.H + h;
+      std::copy_n(p.s0.begin() + bh * N * N, N * N, S.begin());
+      double* M = m.data() + bh * n * n;
+      for (int t = 0; t < p.T; ++t) {
+        const std::size_t at = p.at(bi, t, h);
+        for (int i = 0; i < N; ++i) {
+          u[i] = 0;
+          for (int j = 0; j < N; ++j) u[i] += S[i * N + j] * p.a[at + j];
+        }
+        for (int i = 0; i < N; ++i)
+          for (int j = 0; j < N; ++j)
+            S[i * N + j] = S[i * N + j] * p.w[at + j] + u[i] * p.b[at + j] + p.v[at + i] * p.k[at + j];
+        for (int i = 0; i < n; ++i) {
+          e[i] = 0;
+          for (int j = 0; j < n; ++j) e[i] += S[i * N + j] * x[at + j];
+          mu[i] = 0;
+          for (int j = 0; j < n; ++j) mu[i] += M[i * n + j] * p.a[at + j];
+        }
+        const std::size_t out = ((std::size_t(bi) * p.T + t) * p.H + h) * n;
+        for (int i = 0; i < n; ++i) {
+          o[out + i] = 0;
+          for (int j = 0; j < n; ++j) {
+            M[i * n + j] = M[i * n + j] * p.w[at + j] + mu[i] * p.b[at + j] + e[i] * e[j];
+            o[out + i] += M[i * n + j] * x[at + j];
+          }
+        }
+      }
+    }
+  return o;
 }
 
 /// ‖x − ref‖ / ‖ref‖.

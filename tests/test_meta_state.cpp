@@ -6,12 +6,37 @@
 #include "model_fixture.hpp"
 #include "reference.hpp"
 #include "reference_model.hpp"
+#include "wkv_harness.hpp"
 
 namespace ms = metastate;
 namespace mm = metastate::model;
 using fixture::random_tokens;
 using fixture::run;
 using fixture::flatten;
+
+template <int N, class Backend>
+void check_meta_state_ops(int head_size, int n, int T) {
+  CAPTURE(head_size);
+  CAPTURE(n);
+  CAPTURE(T);
+  const auto p = ref::random_problem(2, T, 2, head_size, 31 + head_size + T);
+  const auto in = harness::random_meta_state(p, n, 32 + n);
+  auto m = in.m0;
+  const auto o = ref::meta_state(p, in.x, n, m);
+  const auto got = harness::run_meta_state<N, Backend, float>(p, in);
+  CHECK(ref::rms_relative(got.y, o) <= 1e-6);
+  CHECK(ref::rms_relative(got.state, m) <= 1e-6);
+}
+
+TEST_CASE("meta-state ops (encode_sequence, evolve) match the fp64 op reference (SPEC §4, §7: 1e-6)") {
+  for (int T : {1, 33}) {
+    check_meta_state_ops<32, ms::backend::scalar>(32, 32, T);
+    check_meta_state_ops<32, ms::backend::default_backend>(32, 20, T);
+    check_meta_state_ops<48, ms::backend::default_backend>(48, 48, T);
+    check_meta_state_ops<64, ms::backend::default_backend>(64, 64, T);
+    check_meta_state_ops<ms::dynamic, ms::backend::default_backend>(64, 40, T);
+  }
+}
 
 TEST_CASE("meta-state models match the fp64 reference (SPEC §4, §7: 1e-5)") {
   struct shape {

@@ -1,6 +1,7 @@
-// Runs the library's WKV-7 op on a ref::wkv_problem converted to a storage type.
+// Runs the library's WKV-7 and Meta-State ops on a ref::wkv_problem converted to a storage type.
 #pragma once
 
+#include <metastate/meta_state/meta_state.hpp>
 #include <metastate/wkv/wkv7.hpp>
 
 #include "reference.hpp"
@@ -57,6 +58,44 @@ result run_sequence(const ref::wkv_problem& p, const ms::wkv7::options& opt = {}
   ms::wkv7::sequence<N, Backend>(in.all(), ms::state_view<A>(state.data(), p.B, p.H, p.N),
                                  ms::sequence_view<T>(y.data(), p.B, p.T, p.H, p.N), opt);
   return {widen(y), widen(state)};
+}
+
+/// x̃ [B,T,H,N] and M_0 [B,H,n,n] for a Meta-State op on `p`: uniform in (-1, 1) and (-0.5, 0.5).
+struct meta_state_inputs {
+  std::vector<double> x, m0;
+  int n;
+};
+inline meta_state_inputs random_meta_state(const ref::wkv_problem& p, int n, std::uint64_t seed) {
+  std::mt19937_64 gen(seed);
+  std::uniform_real_distribution<double> uni(-1.0, 1.0);
+  meta_state_inputs in{std::vector<double>(p.seq_size()), std::vector<double>(std::size_t(p.B) * p.H * n * n), n};
+  for (auto& x : in.x) x = uni(gen);
+  for (auto& m : in.m0) m = 0.5 * uni(gen);
+  return in;
+}
+
+/// `encode_sequence` then `evolve` from S_0 = p.s0: o [B,T,H,n] and M_T.
+template <int N, class Backend, class T>
+result run_meta_state(const ref::wkv_problem& p, const meta_state_inputs& ms_in) {
+  using A = ms::accum_t<T>;
+  const int n = ms_in.n;
+  stored_inputs<T> in(p);
+  const std::vector<T> x = convert<T>(ms_in.x);
+  const std::vector<A> start = convert<A>(p.s0);
+  std::vector<A> m = convert<A>(ms_in.m0);
+  std::vector<T> e(p.seq_size() / p.N * n), o(e.size());
+  ms::meta_state::workspace<T> ws;
+  const ms::sequence_view<const T> xv = in.view(x);
+  ms::meta_state::encode_sequence<N, Backend>(in.all(), ms::state_view<const A>(start.data(), p.B, p.H, p.N), xv,
+                                              ms::sequence_view<T>(e.data(), p.B, p.T, p.H, n), n, ws);
+  const ms::sequence_view<const T> ev(e.data(), p.B, p.T, p.H, n);
+  const ms::state_view<A> mv(m.data(), p.B, p.H, n);
+  const ms::sequence_view<T> ov(o.data(), p.B, p.T, p.H, n);
+  if (n == N)
+    ms::meta_state::evolve<N, Backend>(in.view(in.w), in.view(in.a), in.view(in.b), ev, xv, mv, ov, ws);
+  else
+    ms::meta_state::evolve<ms::dynamic, Backend>(in.view(in.w), in.view(in.a), in.view(in.b), ev, xv, mv, ov, ws);
+  return {widen(o), widen(m)};
 }
 
 }  // namespace harness

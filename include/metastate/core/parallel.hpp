@@ -11,6 +11,9 @@ namespace metastate {
 /// How many threads a call may use: `0` means the OpenMP default (`OMP_NUM_THREADS`).
 struct exec_policy {
   int threads = 0;
+  /// The `cudaStream_t` the `cuda` backend launches on (null: the default stream). An opaque
+  /// pointer so that host-only code never needs CUDA headers; CPU backends ignore it.
+  void* stream = nullptr;
 };
 
 /// The thread count a call will run with: 1 without OpenMP or inside a parallel region.

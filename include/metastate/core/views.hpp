@@ -17,7 +17,10 @@ class sequence_view {
   sequence_view(T* data, index_t batch, index_t tokens, index_t heads, index_t head_size)
       : data_(data), shape_{batch, tokens, heads, head_size} {}
   /// A const view of the same memory.
-  operator sequence_view<const T>() const { return {data_, shape_[0], shape_[1], shape_[2], shape_[3]}; }
+  template <class U = T, class = std::enable_if_t<!std::is_const_v<U>>>
+  operator sequence_view<const U>() const {
+    return {data_, shape_[0], shape_[1], shape_[2], shape_[3]};
+  }
 
   T* data() const { return data_; }
   index_t batch() const { return shape_[0]; }
@@ -43,7 +46,10 @@ class state_view {
   state_view() = default;
   state_view(T* data, index_t batch, index_t heads, index_t head_size)
       : data_(data), shape_{batch, heads, head_size, head_size} {}
-  operator state_view<const T>() const { return {data_, shape_[0], shape_[1], shape_[2]}; }
+  template <class U = T, class = std::enable_if_t<!std::is_const_v<U>>>
+  operator state_view<const U>() const {
+    return {data_, shape_[0], shape_[1], shape_[2]};
+  }
 
   T* data() const { return data_; }
   index_t batch() const { return shape_[0]; }

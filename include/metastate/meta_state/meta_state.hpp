@@ -45,6 +45,13 @@ sequence_view<const T> leading(sequence_view<const T> src, int n, std::vector<T>
   return {buffer.data(), src.batch(), src.tokens(), src.heads(), n};
 }
 
+/// Tag of the `backend::cuda` forms of the ops: `device_encode_sequence` and `device_evolve`
+/// are overloaded for it in `metastate/cuda/meta_state.cuh` and found by argument-dependent lookup.
+struct on_device {};
+
+template <class Backend>
+constexpr bool is_cuda = std::is_same_v<Backend, backend::cuda>;
+
 }  // namespace detail
 
 /// Encoder for one token: e [B,1,H,n] = S[:n,:n] x̃[:n] for every (batch, head), where S
@@ -76,23 +83,28 @@ void encode_sequence(const wkv7::inputs<T>& wkv, state_view<const S> start, sequ
   detail::check_sse_dim("meta_state::encode_sequence", n, shape[3]);
   expect_shape("meta_state::encode_sequence", "x", x.shape(), shape);
   expect_shape("meta_state::encode_sequence", "e", e.shape(), std::array<index_t, 4>{shape[0], shape[1], shape[2], n});
-  const index_t heads = x.size() / shape[3];
-  const bool whole = n == shape[3];  // the default: x̃ is the query and e is the replay's y
-  // Otherwise the query is x̃ with its channels past n zeroed, so y_t[:n] = S_t[:n,:n] x̃_t[:n].
-  sequence_view<const T> query = x;
-  if (!whole) {
-    ws.query.assign(x.data(), x.data() + x.size());
-    for (index_t i = 0; i < heads; ++i) std::fill_n(ws.query.data() + i * shape[3] + n, shape[3] - n, T(0));
-    query = sequence_view<const T>(ws.query.data(), shape[0], shape[1], shape[2], shape[3]);
-    ws.replay_y.resize(static_cast<std::size_t>(x.size()));
+  if constexpr (detail::is_cuda<Backend>) {
+    static_assert(METASTATE_CUDA_COMPILER && detail::is_cuda<Backend>, "THE_CUDA_BACKEND_NEEDS_NVCC_AND_THE_METASTATE_CUDA_HEADERS");
+    device_encode_sequence(detail::on_device{}, std::integral_constant<int, N>{}, wkv, start, x, e, n, opt);
+  } else {
+    const index_t heads = x.size() / shape[3];
+    const bool whole = n == shape[3];  // the default: x̃ is the query and e is the replay's y
+    // Otherwise the query is x̃ with its channels past n zeroed, so y_t[:n] = S_t[:n,:n] x̃_t[:n].
+    sequence_view<const T> query = x;
+    if (!whole) {
+      ws.query.assign(x.data(), x.data() + x.size());
+      for (index_t i = 0; i < heads; ++i) std::fill_n(ws.query.data() + i * shape[3] + n, shape[3] - n, T(0));
+      query = sequence_view<const T>(ws.query.data(), shape[0], shape[1], shape[2], shape[3]);
+      ws.replay_y.resize(static_cast<std::size_t>(x.size()));
+    }
+    ws.replay_state.assign(start.data(), start.data() + start.size());
+    T* y = whole ? e.data() : ws.replay_y.data();
+    wkv7::sequence<N, Backend>(wkv7::inputs<T>{query, wkv.w, wkv.k, wkv.v, wkv.a, wkv.b},
+                               state_view<S>(ws.replay_state.data(), start.batch(), start.heads(), start.head_size()),
+                               sequence_view<T>(y, shape[0], shape[1], shape[2], shape[3]), opt);
+    if (!whole)
+      for (index_t i = 0; i < heads; ++i) std::copy_n(ws.replay_y.data() + i * shape[3], n, e.data() + i * n);
   }
-  ws.replay_state.assign(start.data(), start.data() + start.size());
-  T* y = whole ? e.data() : ws.replay_y.data();
-  wkv7::sequence<N, Backend>(wkv7::inputs<T>{query, wkv.w, wkv.k, wkv.v, wkv.a, wkv.b},
-                             state_view<S>(ws.replay_state.data(), start.batch(), start.heads(), start.head_size()),
-                             sequence_view<T>(y, shape[0], shape[1], shape[2], shape[3]), opt);
-  if (!whole)
-    for (index_t i = 0; i < heads; ++i) std::copy_n(ws.replay_y.data() + i * shape[3], n, e.data() + i * n);
 }
 
 /// Evolution and readout over T tokens: M [B,H,n,n] holds M_0 on entry and M_T on return;
@@ -107,6 +119,11 @@ void evolve(sequence_view<const T> w, sequence_view<const T> a, sequence_view<co
   for (const auto& [name, view] : {std::pair{"a", &a}, std::pair{"b", &b}, std::pair{"x", &x}})
     expect_shape("meta_state::evolve", name, view->shape(), w.shape());
   // The Meta-State recurrence IS the WKV-7 op with (r, k, v) = (x̃, e, e) on the first n channels.
+  if constexpr (detail::is_cuda<Backend>) {
+    static_assert(METASTATE_CUDA_COMPILER && detail::is_cuda<Backend>, "THE_CUDA_BACKEND_NEEDS_NVCC_AND_THE_METASTATE_CUDA_HEADERS");
+    device_evolve(detail::on_device{}, std::integral_constant<int, Nn>{}, w, a, b, e, x, m, o, opt);
+    return;
+  }
   const auto wn = detail::leading(w, n, ws.w), an = detail::leading(a, n, ws.a), bn = detail::leading(b, n, ws.b),
              xn = detail::leading(x, n, ws.x);
   wkv7::sequence<Nn, Backend>(wkv7::inputs<T>{xn, wn, e, e, an, bn}, m, o, opt);

@@ -105,7 +105,8 @@ void checked_run(const char* context, const inputs<T>& in, state_view<S> state, 
   if ((y.size() > 0 && y.data() == nullptr) || (state.size() > 0 && state.data() == nullptr))
     throw shape_error(std::string(context) + ": 'y' or 'state' has no data");
   if (n <= 0) throw shape_error(std::string(context) + ": head size must be positive, got " + std::to_string(n));
-  if constexpr (METASTATE_VALIDATE_VALUES) validate_values(in, opt.decay);
+  // Device memory cannot be read here: the cuda backend leaves values unchecked.
+  if constexpr (METASTATE_VALIDATE_VALUES && !std::is_same_v<Backend, backend::cuda>) validate_values(in, opt.decay);
   const problem<T, S> p{in, state, y, opt.decay, shape[0], expected[1], shape[2], static_cast<int>(n)};
   run<N>(Backend{}, p, opt.exec);
 }
