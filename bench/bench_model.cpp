@@ -96,6 +96,33 @@ void model_prefill(benchmark::State& st, mm::block_kind kind, int T, int threads
   st.counters["matrix_gflops"] = benchmark::Counter(flop / 1e9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
+/// Sequence mode with the default chunk (128): the heap a forward pass holds at its peak
+/// (workspace included, from a fresh state) for T = 256 and T = 1024, which must be equal,
+/// then the time of one 128-token chunk.
+void model_prefill_memory(benchmark::State& st, mm::block_kind kind) {
+  const auto& w = model_0p1b(kind);
+  const auto input = tokens(1024);
+  std::vector<float> logits(w.config.vocab);
+  mm::forward_options opt;
+  opt.exec.threads = 1;
+  opt.logits = mm::logits_for::last_token;
+  {  // first, so that one-time allocations of the process (OpenMP, Eigen) are not counted below
+    mm::rwkv7_state state(w.config, 1);
+    mm::forward(w, input.data(), opt.chunk, state, logits.data(), opt);
+  }
+  for (int T : {256, 1024}) {
+    const long long bytes = bench::heap_peak([&] {
+      mm::rwkv7_state state(w.config, 1);
+      mm::forward(w, input.data(), T, state, logits.data(), opt);
+    });
+    st.counters["peak_bytes_T" + std::to_string(T)] = double(bytes);
+  }
+  mm::rwkv7_state state(w.config, 1);
+  for (auto _ : st) mm::forward(w, input.data(), opt.chunk, state, logits.data(), opt);
+  st.counters["state_bytes"] = double(state.bytes());
+  st.counters["tokens_per_second"] = benchmark::Counter(opt.chunk, benchmark::Counter::kIsIterationInvariantRate);
+}
+
 void model_decode(benchmark::State& st, mm::block_kind kind, int threads) {
   const auto& w = model_0p1b(kind);
   const auto input = tokens(1);
@@ -128,6 +155,11 @@ const bool registered = [] {
       benchmark::RegisterBenchmark(("model_decode/" + model + th).c_str(), model_decode, kind, threads)
           ->Unit(benchmark::kMillisecond)
           ->UseRealTime();
+      if (threads == 1)
+        benchmark::RegisterBenchmark(("model_prefill_memory/" + model + "/chunk:128" + th).c_str(),
+                                     model_prefill_memory, kind)
+            ->Unit(benchmark::kMillisecond)
+            ->UseRealTime();
     }
   }
   return true;

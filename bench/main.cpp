@@ -2,8 +2,11 @@
 #include <metastate/metastate.hpp>
 
 #include <chrono>
+#include <functional>
 
 #include "calibration.hpp"
+// The counting operator new behind bench::heap_peak (the allocation tests use it too).
+#include "../tests/heap_counter.hpp"
 
 namespace bench {
 namespace {
@@ -46,6 +49,12 @@ void calibration_fma_peak(benchmark::State& state) {
 BENCHMARK(calibration_fma_peak)->Name("calibration/fma_peak")->Unit(benchmark::kMillisecond);
 
 }  // namespace
+
+long long heap_peak(const std::function<void()>& run) {
+  const long long start = heap_counter::restart_peak();
+  run();
+  return heap_counter::peak_bytes.load() - start;
+}
 
 double fma_peak_gflops() {
   static const double peak = measure_peak();

@@ -1,48 +1,18 @@
-// Heap use, counted by a replaced operator new: wkv7::step allocates nothing for a static
-// head size (Eigen's nomalloc test), and a model's sequence-mode memory does not grow with T.
+// Heap use (tests/heap_counter.hpp): wkv7::step allocates nothing for a static head size
+// (Eigen's nomalloc test), and a model's sequence-mode memory does not grow with T.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
 #include <metastate/model/rwkv7.hpp>
 
 #include <algorithm>
-#include <atomic>
-#include <cstdlib>
-#include <new>
 
+#include "heap_counter.hpp"
 #include "model_fixture.hpp"
 #include "wkv_harness.hpp"
 
-// The replacement new allocates with malloc (behind a size header), so its delete frees with free.
-#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
-// GCC cannot see that delete only receives blocks from this new, which carry the header.
-#pragma GCC diagnostic ignored "-Warray-bounds"
-
-namespace {
-std::atomic<bool> counting{false};
-std::atomic<long> allocations{0};
-std::atomic<long long> live_bytes{0}, peak_bytes{0};
-constexpr std::size_t header = alignof(std::max_align_t);  // each block records its size in front
-}  // namespace
-
-void* operator new(std::size_t size) {
-  if (counting) ++allocations;
-  auto* p = static_cast<char*>(std::malloc(size + header));
-  if (!p) throw std::bad_alloc();
-  *reinterpret_cast<std::size_t*>(p) = size;
-  const long long now = live_bytes += static_cast<long long>(size);
-  long long peak = peak_bytes.load();
-  while (now > peak && !peak_bytes.compare_exchange_weak(peak, now)) {
-  }
-  return p + header;
-}
-void operator delete(void* p) noexcept {
-  if (!p) return;
-  char* block = static_cast<char*>(p) - header;
-  live_bytes -= static_cast<long long>(*reinterpret_cast<std::size_t*>(block));
-  std::free(block);
-}
-void operator delete(void* p, std::size_t) noexcept { operator delete(p); }
+using heap_counter::allocations;
+using heap_counter::counting;
 
 namespace ms = metastate;
 
@@ -92,12 +62,15 @@ TEST_CASE("sequence-mode memory does not grow with T (RWKV-7 and Meta-State laye
   mm::forward_options opt;
   opt.chunk = 64;
   opt.logits = mm::logits_for::last_token;
+  {  // first, so that one-time allocations of the process (OpenMP, Eigen) are not counted below
+    mm::rwkv7_state state(w.config, 1);
+    mm::forward(w, tokens.data(), 64, state, logits.data(), opt);
+  }
   auto peak_above_start = [&](ms::index_t T) {
     mm::rwkv7_state state(w.config, 1);
-    const long long start = live_bytes.load();
-    peak_bytes = start;
+    const long long start = heap_counter::restart_peak();
     mm::forward(w, tokens.data(), T, state, logits.data(), opt);
-    return peak_bytes.load() - start;
+    return heap_counter::peak_bytes.load() - start;
   };
   const long long short_run = peak_above_start(256), long_run = peak_above_start(8192);
   MESSAGE("peak working memory: " << short_run << " bytes for T = 256, " << long_run << " bytes for T = 8192");

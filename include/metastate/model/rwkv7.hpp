@@ -98,9 +98,9 @@ inline void time_mix(const rwkv7_config& c, const layer_weights& lw, int layer, 
     return ws.mix;
   };
   ws.r.noalias() = mixed(p.x_r) * p.receptance.transpose();
-  ws.lora.noalias() = mixed(p.x_w) * p.w1;
-  ws.lora = ws.lora.array().tanh();
-  ws.w.noalias() = ws.lora * p.w2;
+  ws.lora_w.noalias() = mixed(p.x_w) * p.w1;
+  ws.lora_w = ws.lora_w.array().tanh();
+  ws.w.noalias() = ws.lora_w * p.w2;
   ws.w.rowwise() += p.w0;
   ws.w = (sigmoid(ws.w.array()) * -std::exp(-0.5f)).exp();  // w = exp(-e^{-1/2} σ(d))
   ws.k.noalias() = mixed(p.x_k) * p.key.transpose();
@@ -108,18 +108,18 @@ inline void time_mix(const rwkv7_config& c, const layer_weights& lw, int layer, 
   if (layer == 0) {
     ws.v_first = ws.v;
   } else {  // value residual; the mix still holds x_v
-    ws.lora.noalias() = ws.mix * p.v1;
-    ws.y.noalias() = ws.lora * p.v2;
+    ws.lora_v.noalias() = ws.mix * p.v1;
+    ws.y.noalias() = ws.lora_v * p.v2;
     ws.y.rowwise() += p.v0;
     ws.v.array() += (ws.v_first - ws.v).array() * sigmoid(ws.y.array());
   }
-  ws.lora.noalias() = mixed(p.x_a) * p.a1;
-  ws.a.noalias() = ws.lora * p.a2;
+  ws.lora_a.noalias() = mixed(p.x_a) * p.a1;
+  ws.a.noalias() = ws.lora_a * p.a2;
   ws.a.rowwise() += p.a0;
   ws.a = sigmoid(ws.a.array());  // α, the in-context rate
-  ws.lora.noalias() = mixed(p.x_g) * p.g1;
-  ws.lora = sigmoid(ws.lora.array());
-  ws.g.noalias() = ws.lora * p.g2;
+  ws.lora_g.noalias() = mixed(p.x_g) * p.g1;
+  ws.lora_g = sigmoid(ws.lora_g.array());
+  ws.g.noalias() = ws.lora_g * p.g2;
 
   // Removal key κ̂ from the ORIGINAL k, normalised per head; then k is modified.
   ws.b = ws.k.array().rowwise() * p.k_k.array();

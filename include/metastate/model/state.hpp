@@ -14,7 +14,10 @@ namespace metastate::model {
 /// Scratch of the forward pass, owned by the state so that decoding allocates nothing
 /// after the first call (sizes only grow).
 struct forward_workspace {
-  matrix x, xn, prev, mix, r, w, k, v, a, b, g, y, v_first, lora, ffn;
+  matrix x, xn, prev, mix, r, w, k, v, a, b, g, y, v_first, ffn;
+  // The LoRA hidden activations, one per LoRA: their ranks differ, and one shared buffer
+  // would be reallocated at every switch (seven heap allocations per decoded token).
+  matrix lora_w, lora_v, lora_a, lora_g;
   std::vector<float> kv_start;  // a Meta-State layer's chunk-start WKV state, for the encoder's replay
   matrix encoded, readout;      // e and o of a Meta-State layer, [B·T, H·n]
   meta_state::workspace<float> ms;
