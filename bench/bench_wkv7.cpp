@@ -25,6 +25,23 @@ void wkv7_sequence(benchmark::State& st, int H, int T, int threads) {
   bench::set_throughput_counters(st, T, 8.0 * 64 * 64 * H * T, threads);
 }
 
+/// Two batch rows of one head: the two threads' inputs and outputs are separate blocks of
+/// memory (beside B = 1, H = 2, where they share every token's rows).
+void wkv7_sequence_two_rows(benchmark::State& st, int T, int threads) {
+  workload x(2 * T, 1, 64);  // [1, 2T, 1, 64] read as [2, T, 1, 64]
+  std::vector<float> state(2 * 64 * 64, 0.01f);
+  auto view = [&](const std::vector<float>& v) { return ms::sequence_view<const float>(v.data(), 2, T, 1, 64); };
+  ms::wkv7::options opt;
+  opt.exec.threads = threads;
+  for (auto _ : st) {
+    ms::wkv7::sequence<64>({view(x.r), view(x.w), view(x.k), view(x.v), view(x.a), view(x.b)},
+                           ms::state_view<float>(state.data(), 2, 1, 64),
+                           ms::sequence_view<float>(x.y.data(), 2, T, 1, 64), opt);
+    benchmark::ClobberMemory();
+  }
+  bench::set_throughput_counters(st, 2.0 * T, 8.0 * 64 * 64 * 2 * T, threads);
+}
+
 template <int N, class Backend>
 void wkv7_step(benchmark::State& st, int H, int threads) {
   workload x(1, H, 64);
@@ -59,6 +76,18 @@ void register_backend(const std::string& name) {
 }
 
 const bool registered = [] {
+  for (int threads : {1, 2})
+    for (int H : {2})
+      benchmark::RegisterBenchmark(("wkv7_sequence/simd/N:64/H:" + std::to_string(H) + "/B:1/T:4096/threads:" +
+                                    std::to_string(threads)).c_str(),
+                                   wkv7_sequence<64, ms::backend::simd<>>, H, 4096, threads)
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime();
+  for (int threads : {1, 2})
+    benchmark::RegisterBenchmark(("wkv7_sequence/simd/N:64/H:1/B:2/T:4096/threads:" + std::to_string(threads)).c_str(),
+                                 wkv7_sequence_two_rows, 4096, threads)
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
   register_backend<ms::backend::scalar>("scalar");
   register_backend<ms::backend::eigen>("eigen");
   register_backend<ms::backend::simd<>>("simd");
