@@ -154,6 +154,21 @@ TEST_CASE_TEMPLATE("wkv7 gives identical results on 1 and 2 threads", Backend, s
   }
 }
 
+TEST_CASE("wkv7 simd with an output larger than the caches (stored around them) matches the reference") {
+  // y = 4096 x 2 x 64 floats = 2 MiB: the sequence kernel streams it (non-temporal stores).
+  const auto p = ref::random_problem(1, 4096, 2, 64, 17);
+  std::vector<double> state = p.s0;
+  const auto y = ref::wkv7(p, state);
+  for (int threads : {1, 2}) {
+    CAPTURE(threads);
+    ms::wkv7::options opt;
+    opt.exec.threads = threads;
+    const auto got = run_sequence<64, simd, float>(p, opt);
+    CHECK(ref::rms_relative(got.y, y) <= 1e-6);
+    CHECK(ref::rms_relative(got.state, state) <= 1e-6);
+  }
+}
+
 TEST_CASE_TEMPLATE("wkv7 log-decay entry point equals the decay entry point", Backend, scalar, eigen, simd) {
   const auto p = ref::random_problem(1, 17, 2, 32, 16);
   auto logged = p;

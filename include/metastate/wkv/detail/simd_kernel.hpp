@@ -3,7 +3,11 @@
 #pragma once
 #include "metastate/detail/internal_header_check.hpp"
 
+#include <cstdint>
 #include <xsimd/xsimd.hpp>
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
 
 #include "metastate/wkv/detail/driver.hpp"
 
@@ -80,7 +84,8 @@ class simd_transposed_unit {
  public:
   simd_transposed_unit(const problem<T, float>& p, const unit& u)
       : p_(p), u_(u), load_(p, u.b, u.h), s_(p.state.at(u.b, u.h)), rows_(u.row1 - u.row0),
-        work_(static_cast<std::size_t>(rows_) * p.n), removal_(make_scratch<float, N, 1>(p.n)) {
+        work_(static_cast<std::size_t>(rows_) * p.n), removal_(make_scratch<float, N, 1>(p.n)),
+        stream_y_(std::is_same_v<T, float> && p.y.size() * sizeof(float) >= stream_min_bytes) {
     const int n = head_size<N>(p_.n).value();
     for (int i = 0; i < rows_; ++i)
       for (int j = 0; j < n; ++j) work_[static_cast<std::size_t>(j) * rows_ + i] = s_[(u_.row0 + i) * n + j];
@@ -106,6 +111,9 @@ class simd_transposed_unit {
 
   /// Writes the unit's rows back into the caller's state.
   void finish() {
+#if defined(__AVX__)
+    if (stream_y_) _mm_sfence();  // the streamed y stores are weakly ordered
+#endif
     const int n = head_size<N>(p_.n).value();
     for (int i = 0; i < rows_; ++i)
       for (int j = 0; j < n; ++j) s_[(u_.row0 + i) * n + j] = work_[static_cast<std::size_t>(j) * rows_ + i];
@@ -138,9 +146,35 @@ class simd_transposed_unit {
       }
     }
     for (int q = 0; q < R; ++q) {
-      out[q].store_unaligned(y + i0 + q * L);
+      store_y(out[q], y + i0 + q * L);
       next[q].store_unaligned(removal + i0 + q * L);
     }
+  }
+
+  /// An output larger than this goes around the caches (non-temporal stores): when two
+  /// threads write neighbouring heads' pieces of every token's y row through the caches,
+  /// the cores' traffic on those lines costs up to a third of the two-thread speed-up
+  /// (docs/PERFORMANCE.md). Smaller outputs, which the caller reads back from the caches
+  /// (a model's chunk), are stored normally.
+  static constexpr std::size_t stream_min_bytes = std::size_t(1) << 20;
+
+  void store_y(const batch& v, float* dst) const {
+#if defined(__AVX__)
+    if constexpr (sizeof(batch) == 32) {
+      const auto address = reinterpret_cast<std::uintptr_t>(dst);
+      if (stream_y_ && address % 16 == 0) {  // malloc'ed buffers are 16-byte aligned
+        const __m256 x = v;
+        if (address % 32 == 0) {
+          _mm256_stream_ps(dst, x);
+        } else {
+          _mm_stream_ps(dst, _mm256_castps256_ps128(x));
+          _mm_stream_ps(dst + 4, _mm256_extractf128_ps(x, 1));
+        }
+        return;
+      }
+    }
+#endif
+    v.store_unaligned(dst);
   }
 
   const problem<T, float>& p_;
@@ -150,6 +184,7 @@ class simd_transposed_unit {
   int rows_;
   std::vector<float> work_;
   scratch<float, N, 1> removal_;
+  bool stream_y_;  // y is the caller's float output and larger than the caches
 };
 
 /// The lane count of the simd backend's arithmetic on `Arch`.
