@@ -52,8 +52,20 @@ inline wkv_problem random_problem(int B, int T, int H, int N, std::uint64_t seed
   return p;
 }
 
-/// SPEC §2, literally: u = S a (old state); S = S diag(w) + u bᵀ + v kᵀ; y = S r.
-/// Returns y [B,T,H,N]; `state` holds S_0 on entry and S_T on return.
+/// SPEC §2's transition of one N x N state by the token at offset `o` of `p`, literally:
+/// u = S a (old state); S = S diag(w) + u bᵀ + v kᵀ. `u` is scratch of N.
+inline void transition(const wkv_problem& p, std::size_t o, double* S, std::vector<double>& u) {
+  const int N = p.N;
+  for (int i = 0; i < N; ++i) {
+    u[i] = 0;
+    for (int j = 0; j < N; ++j) u[i] += S[i * N + j] * p.a[o + j];
+  }
+  for (int i = 0; i < N; ++i)
+    for (int j = 0; j < N; ++j) S[i * N + j] = S[i * N + j] * p.w[o + j] + u[i] * p.b[o + j] + p.v[o + i] * p.k[o + j];
+}
+
+/// SPEC §2: the transition, then y = S r. Returns y [B,T,H,N]; `state` holds S_0 on entry
+/// and S_T on return.
 inline std::vector<double> wkv7(const wkv_problem& p, std::vector<double>& state) {
   const int N = p.N;
   std::vector<double> y(p.seq_size()), u(N);
@@ -62,13 +74,7 @@ inline std::vector<double> wkv7(const wkv_problem& p, std::vector<double>& state
       double* S = state.data() + (std::size_t(bi) * p.H + h) * N * N;
       for (int t = 0; t < p.T; ++t) {
         const std::size_t o = p.at(bi, t, h);
-        for (int i = 0; i < N; ++i) {
-          u[i] = 0;
-          for (int j = 0; j < N; ++j) u[i] += S[i * N + j] * p.a[o + j];
-        }
-        for (int i = 0; i < N; ++i)
-          for (int j = 0; j < N; ++j)
-            S[i * N + j] = S[i * N + j] * p.w[o + j] + u[i] * p.b[o + j] + p.v[o + i] * p.k[o + j];
+        transition(p, o, S, u);
         for (int i = 0; i < N; ++i) {
           double acc = 0;
           for (int j = 0; j < N; ++j) acc += S[i * N + j] * p.r[o + j];
@@ -94,13 +100,7 @@ inline std::vector<double> meta_state(const wkv_problem& p, const std::vector<do
       double* M = m.data() + bh * n * n;
       for (int t = 0; t < p.T; ++t) {
         const std::size_t at = p.at(bi, t, h);
-        for (int i = 0; i < N; ++i) {
-          u[i] = 0;
-          for (int j = 0; j < N; ++j) u[i] += S[i * N + j] * p.a[at + j];
-        }
-        for (int i = 0; i < N; ++i)
-          for (int j = 0; j < N; ++j)
-            S[i * N + j] = S[i * N + j] * p.w[at + j] + u[i] * p.b[at + j] + p.v[at + i] * p.k[at + j];
+        transition(p, at, S.data(), u);
         for (int i = 0; i < n; ++i) {
           e[i] = 0;
           for (int j = 0; j < n; ++j) e[i] += S[i * N + j] * x[at + j];
