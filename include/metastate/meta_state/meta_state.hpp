@@ -84,7 +84,8 @@ void encode_sequence(const wkv7::inputs<T>& wkv, state_view<const S> start, sequ
   expect_shape("meta_state::encode_sequence", "x", x.shape(), shape);
   expect_shape("meta_state::encode_sequence", "e", e.shape(), std::array<index_t, 4>{shape[0], shape[1], shape[2], n});
   if constexpr (detail::is_cuda<Backend>) {
-    static_assert(METASTATE_CUDA_COMPILER && detail::is_cuda<Backend>, "THE_CUDA_BACKEND_NEEDS_NVCC_AND_THE_METASTATE_CUDA_HEADERS");
+    static_assert(METASTATE_CUDA_COMPILER && detail::is_cuda<Backend>,
+                  "THE_CUDA_BACKEND_NEEDS_NVCC_AND_THE_METASTATE_CUDA_HEADERS");
     device_encode_sequence(detail::on_device{}, std::integral_constant<int, N>{}, wkv, start, x, e, n, opt);
   } else {
     const index_t heads = x.size() / shape[3];
@@ -120,7 +121,8 @@ void evolve(sequence_view<const T> w, sequence_view<const T> a, sequence_view<co
     expect_shape("meta_state::evolve", name, view->shape(), w.shape());
   // The Meta-State recurrence IS the WKV-7 op with (r, k, v) = (x̃, e, e) on the first n channels.
   if constexpr (detail::is_cuda<Backend>) {
-    static_assert(METASTATE_CUDA_COMPILER && detail::is_cuda<Backend>, "THE_CUDA_BACKEND_NEEDS_NVCC_AND_THE_METASTATE_CUDA_HEADERS");
+    static_assert(METASTATE_CUDA_COMPILER && detail::is_cuda<Backend>,
+                  "THE_CUDA_BACKEND_NEEDS_NVCC_AND_THE_METASTATE_CUDA_HEADERS");
     device_evolve(detail::on_device{}, std::integral_constant<int, Nn>{}, w, a, b, e, x, m, o, opt);
     return;
   }
