@@ -124,11 +124,11 @@ void evolve(sequence_view<const T> w, sequence_view<const T> a, sequence_view<co
     static_assert(METASTATE_CUDA_COMPILER && detail::is_cuda<Backend>,
                   "THE_CUDA_BACKEND_NEEDS_NVCC_AND_THE_METASTATE_CUDA_HEADERS");
     device_evolve(detail::on_device{}, std::integral_constant<int, Nn>{}, w, a, b, e, x, m, o, opt);
-    return;
+  } else {
+    const auto wn = detail::leading(w, n, ws.w), an = detail::leading(a, n, ws.a), bn = detail::leading(b, n, ws.b),
+               xn = detail::leading(x, n, ws.x);
+    wkv7::sequence<Nn, Backend>(wkv7::inputs<T>{xn, wn, e, e, an, bn}, m, o, opt);
   }
-  const auto wn = detail::leading(w, n, ws.w), an = detail::leading(a, n, ws.a), bn = detail::leading(b, n, ws.b),
-             xn = detail::leading(x, n, ws.x);
-  wkv7::sequence<Nn, Backend>(wkv7::inputs<T>{xn, wn, e, e, an, bn}, m, o, opt);
 }
 
 }  // namespace metastate::meta_state
