@@ -18,7 +18,7 @@ using harness::widen;
 
 namespace {
 
-/// A host vector on the device, its output poisoned with NaN so that an unwritten element fails.
+/// An output buffer on the device filled with NaN, so that an element the kernel leaves unwritten fails.
 template <class T>
 mc::device_buffer<T> poisoned(std::size_t size) {
   return mc::device_buffer<T>(std::vector<T>(size, T(std::numeric_limits<float>::quiet_NaN())));

@@ -79,13 +79,13 @@ void encode(state_view<const S> state, sequence_view<const T> x, sequence_view<T
 template <int N = dynamic, class Backend = backend::default_backend, class T, class S>
 void encode_sequence(const wkv7::inputs<T>& wkv, state_view<const S> start, sequence_view<const T> x,
                      sequence_view<T> e, int n, workspace<T>& ws, const wkv7::options& opt = {}) {
+  static_assert(!detail::is_cuda<Backend> || METASTATE_CUDA_COMPILER,
+                "THE_CUDA_BACKEND_NEEDS_NVCC_AND_THE_METASTATE_CUDA_HEADERS");
   const auto& shape = wkv.r.shape();
   detail::check_sse_dim("meta_state::encode_sequence", n, shape[3]);
   expect_shape("meta_state::encode_sequence", "x", x.shape(), shape);
   expect_shape("meta_state::encode_sequence", "e", e.shape(), std::array<index_t, 4>{shape[0], shape[1], shape[2], n});
   if constexpr (detail::is_cuda<Backend>) {
-    static_assert(METASTATE_CUDA_COMPILER && detail::is_cuda<Backend>,
-                  "THE_CUDA_BACKEND_NEEDS_NVCC_AND_THE_METASTATE_CUDA_HEADERS");
     device_encode_sequence(detail::on_device{}, std::integral_constant<int, N>{}, wkv, start, x, e, n, opt);
   } else {
     const index_t heads = x.size() / shape[3];
@@ -115,14 +115,14 @@ template <int Nn = dynamic, class Backend = backend::default_backend, class T, c
 void evolve(sequence_view<const T> w, sequence_view<const T> a, sequence_view<const T> b, sequence_view<const T> e,
             sequence_view<const T> x, state_view<S> m, sequence_view<T> o, workspace<T>& ws,
             const wkv7::options& opt = {}) {
+  static_assert(!detail::is_cuda<Backend> || METASTATE_CUDA_COMPILER,
+                "THE_CUDA_BACKEND_NEEDS_NVCC_AND_THE_METASTATE_CUDA_HEADERS");
   const int n = static_cast<int>(m.head_size());
   detail::check_sse_dim("meta_state::evolve", n, w.head_size());
   for (const auto& [name, view] : {std::pair{"a", &a}, std::pair{"b", &b}, std::pair{"x", &x}})
     expect_shape("meta_state::evolve", name, view->shape(), w.shape());
   // The Meta-State recurrence IS the WKV-7 op with (r, k, v) = (x̃, e, e) on the first n channels.
   if constexpr (detail::is_cuda<Backend>) {
-    static_assert(METASTATE_CUDA_COMPILER && detail::is_cuda<Backend>,
-                  "THE_CUDA_BACKEND_NEEDS_NVCC_AND_THE_METASTATE_CUDA_HEADERS");
     device_evolve(detail::on_device{}, std::integral_constant<int, Nn>{}, w, a, b, e, x, m, o, opt);
   } else {
     const auto wn = detail::leading(w, n, ws.w), an = detail::leading(a, n, ws.a), bn = detail::leading(b, n, ws.b),
