@@ -3,7 +3,9 @@
 // model beside the RWKV-7 model of the same size.
 #include <metastate/metastate.hpp>
 
+#include <algorithm>
 #include <string>
+#include <utility>
 
 #include "calibration.hpp"
 #include "workload.hpp"
@@ -14,21 +16,42 @@ namespace {
 
 using bench::workload;
 
-/// A sequence chunk as the model runs it: the encoder replays the WKV recurrence from the
-/// chunk-start state with x̃ as query, then the Meta-State recurrence runs with its readout.
+/// The recurrent work of a layer as the model runs it, chunk by chunk: the WKV-7 op alone
+/// (`meta` false: the baseline), or the WKV-7 op and a Meta-State layer's ops: the encoder
+/// (from what the WKV-7 op recorded every `every` tokens, or by replay when `every` = 0),
+/// then the Meta-State recurrence with its readout. The difference of the two is the
+/// Meta-State layer's cost; both count the WKV-7 op's flop, so tokens/s compare directly.
 template <int N, class Backend>
-void meta_state_sequence(benchmark::State& st, int H, int T, int threads) {
+void layer_chunks(benchmark::State& st, int H, int T, int chunk, int every, bool meta, int threads) {
   workload x(T, H, 64);
-  std::vector<float> e(x.y.size()), o(x.y.size()), m(x.state.size(), 0.0f);
+  // Outputs per chunk, reused as the model's workspace is.
+  std::vector<float> y(std::size_t(chunk) * H * 64), e(y.size()), o(y.size()), m(x.state.size(), 0.0f),
+      start(x.state.size());
+  std::vector<float> states(std::size_t(ms::wkv7::recorded_states(chunk, every)) * x.state.size()),
+      removal(std::size_t(chunk) * H * 64);
   ms::meta_state::workspace<float> ws;
   ms::wkv7::options opt;
   opt.exec.threads = threads;
-  const ms::state_view<const float> start(x.state.data(), 1, H, 64);
-  const ms::sequence_view<float> ev(e.data(), 1, T, H, 64), ov(o.data(), 1, T, H, 64);
+  const ms::wkv7::record<float> record{states.data(), removal.data(), meta ? every : 0};
   for (auto _ : st) {
-    ms::meta_state::encode_sequence<N, Backend>(x.inputs(T), start, x.view(x.r, T), ev, 64, ws, opt);
-    ms::meta_state::evolve<N, Backend>(x.view(x.w, T), x.view(x.a, T), x.view(x.b, T), ms::sequence_view<const float>(ev),
-                                       x.view(x.r, T), ms::state_view<float>(m.data(), 1, H, 64), ov, ws, opt);
+    for (int t0 = 0; t0 < T; t0 += chunk) {
+      const int Tc = std::min(chunk, T - t0);
+      auto at = [&](const std::vector<float>& v) {
+        return ms::sequence_view<const float>(v.data() + std::size_t(t0) * H * 64, 1, Tc, H, 64);
+      };
+      auto out = [&](std::vector<float>& v) { return ms::sequence_view<float>(v.data(), 1, Tc, H, 64); };
+      const ms::wkv7::inputs<float> in{at(x.r), at(x.w), at(x.k), at(x.v), at(x.a), at(x.b)};
+      if (meta) start = x.state;
+      ms::wkv7::sequence<N, Backend>(in, ms::state_view<float>(x.state.data(), 1, H, 64), out(y), opt, record);
+      if (!meta) continue;
+      const ms::state_view<const float> start_view(start.data(), 1, H, 64);
+      if (every > 0)
+        ms::meta_state::encode_recorded(in, start_view, record, at(x.r), out(e), 64, ws, opt);
+      else
+        ms::meta_state::encode_sequence<N, Backend>(in, start_view, at(x.r), out(e), 64, ws, opt);
+      ms::meta_state::evolve<N, Backend>(in.w, in.a, in.b, ms::sequence_view<const float>(out(e)), at(x.r),
+                                         ms::state_view<float>(m.data(), 1, H, 64), out(o), ws, opt);
+    }
     benchmark::ClobberMemory();
   }
   bench::set_throughput_counters(st, T, 8.0 * 64 * 64 * H * T, threads);
@@ -58,10 +81,16 @@ void register_backend(const std::string& name) {
     for (int threads : {1, 2}) {
       const std::string tail = "/N:64/H:" + std::to_string(H) + "/B:1";
       const std::string th = "/threads:" + std::to_string(threads);
-      benchmark::RegisterBenchmark(("meta_state_sequence/" + name + tail + "/T:4096" + th).c_str(),
-                                   meta_state_sequence<64, Backend>, H, 4096, threads)
-          ->Unit(benchmark::kMillisecond)
-          ->UseRealTime();
+      // Chunks of 128 tokens, the model's default: "wkv7" is the baseline, "meta_state" adds
+      // the Meta-State ops (record:0 = the replay encoder).
+      for (const auto& [what, every] : {std::pair{"wkv7", 0}, std::pair{"meta_state", 0}, std::pair{"meta_state", 8},
+                                        std::pair{"meta_state", 16}})
+        benchmark::RegisterBenchmark(("layer_chunks/" + std::string(what) + "/" + name + tail +
+                                      "/T:4096/chunk:128/record:" + std::to_string(every) + th)
+                                         .c_str(),
+                                     layer_chunks<64, Backend>, H, 4096, 128, every, what[0] == 'm', threads)
+            ->Unit(benchmark::kMillisecond)
+            ->UseRealTime();
       benchmark::RegisterBenchmark(("meta_state_step/" + name + tail + th).c_str(), meta_state_step<64, Backend>, H,
                                    threads)
           ->Unit(benchmark::kMicrosecond)

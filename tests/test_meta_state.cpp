@@ -14,18 +14,27 @@ using fixture::random_tokens;
 using fixture::run;
 using fixture::flatten;
 
-template <int N, class Backend>
-void check_meta_state_ops(int head_size, int n, int T) {
+/// `every` = 0: the replay encoder; otherwise `encode_recorded`. `tiny_decays`: one decay
+/// in seven is 1e-30, so products of a block's decays underflow.
+template <int N, class Backend, class Storage = float>
+void check_meta_state_ops(int head_size, int n, int T, int every = 0, bool tiny_decays = false) {
   CAPTURE(head_size);
   CAPTURE(n);
   CAPTURE(T);
-  const auto p = ref::random_problem(2, T, 2, head_size, 31 + head_size + T);
-  const auto in = harness::random_meta_state(p, n, 32 + n);
+  CAPTURE(every);
+  CAPTURE(tiny_decays);
+  auto p = ref::random_problem(2, T, 2, head_size, 31 + head_size + T);
+  if (tiny_decays)
+    for (std::size_t i = 0; i < p.w.size(); i += 7) p.w[i] = 1e-30;
+  auto in = harness::random_meta_state(p, n, 32 + n);
+  // The reference sees the inputs rounded to the storage type (identity for float and double).
+  for (auto* x : {&p.r, &p.w, &p.k, &p.v, &p.a, &p.b, &in.x}) *x = harness::widen(harness::convert<Storage>(*x));
   auto m = in.m0;
   const auto o = ref::meta_state(p, in.x, n, m);
-  const auto got = harness::run_meta_state<N, Backend, float>(p, in);
-  CHECK(ref::rms_relative(got.y, o) <= 1e-6);
-  CHECK(ref::rms_relative(got.state, m) <= 1e-6);
+  const auto got = harness::run_meta_state<N, Backend, Storage>(p, in, every);
+  const double budget = std::is_same_v<Storage, double> ? 1e-12 : std::is_same_v<Storage, float> ? 1e-6 : 1e-2;
+  CHECK(ref::rms_relative(got.y, o) <= budget);
+  CHECK(ref::rms_relative(got.state, m) <= budget);
 }
 
 TEST_CASE("meta-state ops (encode_sequence, evolve) match the fp64 op reference (SPEC §4, §7: 1e-6)") {
@@ -36,6 +45,41 @@ TEST_CASE("meta-state ops (encode_sequence, evolve) match the fp64 op reference 
     check_meta_state_ops<64, ms::backend::default_backend>(64, 64, T);
     check_meta_state_ops<ms::dynamic, ms::backend::default_backend>(64, 40, T);
   }
+}
+
+TEST_CASE("encode_recorded (from what wkv7::sequence recorded) matches the fp64 op reference (1e-6)") {
+  for (int T : {1, 16, 33, 70}) {
+    for (int every : {1, 5, 8, 16, 64}) {
+      check_meta_state_ops<32, ms::backend::scalar>(32, 32, T, every);
+      check_meta_state_ops<64, ms::backend::default_backend>(64, 64, T, every);
+      check_meta_state_ops<48, ms::backend::default_backend>(48, 20, T, every);
+      check_meta_state_ops<ms::dynamic, ms::backend::eigen>(24, 24, T, every);
+    }
+  }
+  check_meta_state_ops<64, ms::backend::default_backend>(64, 64, 70, 8, true);
+  check_meta_state_ops<ms::dynamic, ms::backend::default_backend>(40, 36, 33, 16, true);
+  check_meta_state_ops<64, ms::backend::default_backend, Eigen::bfloat16>(64, 64, 33, 8);
+  check_meta_state_ops<32, ms::backend::eigen, Eigen::half>(32, 20, 33, 5);
+  check_meta_state_ops<32, ms::backend::scalar, double>(32, 24, 33, 8);
+}
+
+TEST_CASE("encode_recorded rejects a missing record, naming what is missing") {
+  const auto p = ref::random_problem(1, 8, 1, 16, 5);
+  std::vector<float> x(p.seq_size()), e(p.seq_size()), start(p.state_size()), removal(p.seq_size());
+  ms::meta_state::workspace<float> ws;
+  const harness::stored_inputs<float> inputs(p);
+  auto encode = [&](const ms::wkv7::record<float>& saved) {
+    ms::meta_state::encode_recorded(inputs.all(), ms::state_view<const float>(start.data(), 1, 1, 16), saved,
+                                    ms::sequence_view<const float>(x.data(), 1, 8, 1, 16),
+                                    ms::sequence_view<float>(e.data(), 1, 8, 1, 16), 16, ws);
+  };
+  CHECK_THROWS_WITH_AS(encode({nullptr, removal.data(), 4}), doctest::Contains("'states' storage, got every = 4"),
+                       ms::shape_error);
+  CHECK_THROWS_WITH_AS(encode({start.data(), nullptr, 4}), doctest::Contains("'removal'"), ms::shape_error);
+  CHECK_THROWS_WITH_AS(encode({start.data(), removal.data(), 0}), doctest::Contains("every >= 1"), ms::shape_error);
+  CHECK_THROWS_WITH_AS(encode({start.data(), removal.data(), ms::meta_state::max_every + 1}),
+                       doctest::Contains("takes at most 64"), ms::shape_error);
+  CHECK_NOTHROW(encode({nullptr, removal.data(), 8}));  // 8 tokens in one block: no state is recorded
 }
 
 TEST_CASE("meta-state models match the fp64 reference (SPEC §4, §7: 1e-5)") {

@@ -1,6 +1,8 @@
 // WKV-7 op: every backend against the fp64 reference, and the op's algebraic properties.
 #include <doctest/doctest.h>
 
+#include <cmath>
+#include <tuple>
 #include <utility>
 
 #include "wkv_harness.hpp"
@@ -152,6 +154,59 @@ TEST_CASE_TEMPLATE("wkv7 gives identical results on 1 and 2 threads", Backend, s
     CHECK(a.y == b.y);
     CHECK(a.state == b.state);
   }
+}
+
+TEST_CASE_TEMPLATE("wkv7 sequence records its removals and every few states (for the Meta-State encoder)",
+                   Backend, scalar, eigen, simd) {
+  // B*H = 1 on two threads splits each state's rows; T = 3 is short enough for simd's row kernel.
+  for (auto [B, T_, H, threads] : {std::tuple{1, 70, 1, 2}, std::tuple{2, 33, 3, 1}, std::tuple{1, 3, 2, 1}}) {
+    for (int every : {1, 8, 64}) {
+      CAPTURE(B);
+      CAPTURE(T_);
+      CAPTURE(threads);
+      CAPTURE(every);
+      const auto p = ref::random_problem(B, T_, H, 64, 19);
+      // The reference: u_t = S_{t-1} a_t, and S after tokens every - 1, 2 every - 1, ... before the last.
+      std::vector<double> removal(p.seq_size()), states, S, u(64);
+      for (int c = 1; c * every < T_; ++c)
+        for (int bi = 0; bi < B; ++bi)
+          for (int h = 0; h < H; ++h) {
+            S.assign(p.s0.begin() + (bi * H + h) * 64 * 64, p.s0.begin() + (bi * H + h + 1) * 64 * 64);
+            for (int t = 0; t < c * every; ++t) ref::transition(p, p.at(bi, t, h), S.data(), u);
+            for (int j = 0; j < 64; ++j)
+              for (int i = 0; i < 64; ++i) states.push_back(S[i * 64 + j]);  // transposed
+          }
+      for (int bi = 0; bi < B; ++bi)
+        for (int h = 0; h < H; ++h) {
+          S.assign(p.s0.begin() + (bi * H + h) * 64 * 64, p.s0.begin() + (bi * H + h + 1) * 64 * 64);
+          for (int t = 0; t < T_; ++t) {
+            ref::transition(p, p.at(bi, t, h), S.data(), u);
+            std::copy(u.begin(), u.end(), removal.begin() + p.at(bi, t, h));
+          }
+        }
+      REQUIRE(states.size() == std::size_t(ms::wkv7::recorded_states(T_, every)) * p.state_size());
+      const harness::stored_inputs<float> in(p);
+      std::vector<float> y(p.seq_size()), state = harness::convert<float>(p.s0), got_removal(p.seq_size(), NAN),
+                                          got_states(states.size(), NAN);
+      ms::wkv7::options opt;
+      opt.exec.threads = threads;
+      ms::wkv7::sequence<64, Backend>(in.all(), ms::state_view<float>(state.data(), B, H, 64),
+                                      ms::sequence_view<float>(y.data(), B, T_, H, 64), opt,
+                                      ms::wkv7::record<float>{got_states.data(), got_removal.data(), every});
+      CHECK(ref::rms_relative(got_removal, removal) <= 1e-6);
+      if (!states.empty()) CHECK(ref::rms_relative(got_states, states) <= 1e-6);
+    }
+  }
+  const auto p = ref::random_problem(1, 9, 1, 16, 3);
+  const harness::stored_inputs<float> in(p);
+  std::vector<float> y(p.seq_size()), state(p.state_size()), removal(p.seq_size());
+  auto run = [&](const ms::wkv7::record<float>& saved) {
+    ms::wkv7::sequence<16, Backend>(in.all(), ms::state_view<float>(state.data(), 1, 1, 16),
+                                    ms::sequence_view<float>(y.data(), 1, 9, 1, 16), {}, saved);
+  };
+  CHECK_THROWS_WITH_AS(run({nullptr, removal.data(), 4}), doctest::Contains("got every = 4"), ms::shape_error);
+  CHECK_THROWS_WITH_AS(run({state.data(), nullptr, 4}), doctest::Contains("'removal'"), ms::shape_error);
+  CHECK_THROWS_WITH_AS(run({nullptr, nullptr, -1}), doctest::Contains("every >= 0"), ms::shape_error);
 }
 
 TEST_CASE("wkv7 simd with an output larger than the caches (stored around them) matches the reference") {

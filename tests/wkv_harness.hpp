@@ -74,9 +74,11 @@ inline meta_state_inputs random_meta_state(const ref::wkv_problem& p, int n, std
   return in;
 }
 
-/// `encode_sequence` then `evolve` from S_0 = p.s0: o [B,T,H,n] and M_T.
+/// The encoder then `evolve`, from S_0 = p.s0: o [B,T,H,n] and M_T. The encoder is
+/// `encode_sequence` (the replay), or with `every` > 0 `encode_recorded` from what a
+/// `wkv7::sequence` call recorded every `every` tokens.
 template <int N, class Backend, class T>
-result run_meta_state(const ref::wkv_problem& p, const meta_state_inputs& ms_in) {
+result run_meta_state(const ref::wkv_problem& p, const meta_state_inputs& ms_in, int every = 0) {
   using A = ms::accum_t<T>;
   const int n = ms_in.n;
   stored_inputs<T> in(p);
@@ -86,8 +88,19 @@ result run_meta_state(const ref::wkv_problem& p, const meta_state_inputs& ms_in)
   std::vector<T> e(p.seq_size() / p.N * n), o(e.size());
   ms::meta_state::workspace<T> ws;
   const ms::sequence_view<const T> xv = in.view(x);
-  ms::meta_state::encode_sequence<N, Backend>(in.all(), ms::state_view<const A>(start.data(), p.B, p.H, p.N), xv,
-                                              ms::sequence_view<T>(e.data(), p.B, p.T, p.H, n), n, ws);
+  const ms::state_view<const A> start_view(start.data(), p.B, p.H, p.N);
+  const ms::sequence_view<T> e_view(e.data(), p.B, p.T, p.H, n);
+  if (every > 0) {
+    std::vector<A> state = start, states(std::size_t(ms::wkv7::recorded_states(p.T, every)) * p.state_size()),
+                   removal(p.seq_size());
+    std::vector<T> y(p.seq_size());
+    const ms::wkv7::record<A> saved{states.data(), removal.data(), every};
+    ms::wkv7::sequence<N, Backend>(in.all(), ms::state_view<A>(state.data(), p.B, p.H, p.N),
+                                   ms::sequence_view<T>(y.data(), p.B, p.T, p.H, p.N), {}, saved);
+    ms::meta_state::encode_recorded(in.all(), start_view, saved, xv, e_view, n, ws);
+  } else {
+    ms::meta_state::encode_sequence<N, Backend>(in.all(), start_view, xv, e_view, n, ws);
+  }
   const ms::sequence_view<const T> ev(e.data(), p.B, p.T, p.H, n);
   const ms::state_view<A> mv(m.data(), p.B, p.H, n);
   const ms::sequence_view<T> ov(o.data(), p.B, p.T, p.H, n);

@@ -30,6 +30,26 @@ struct options {
   decay_input decay = decay_input::w;
 };
 
+/// What a `sequence` call can leave behind for the Meta-State encoder
+/// (`meta_state::encode_recorded`), which then never replays the recurrence:
+/// - `states`: the state after tokens every − 1, 2·every − 1, … before the last token (the
+///   state at the start of each later block of `every` tokens), `recorded_states(T, every)`
+///   blocks [B,H,N,N] one after another, each N x N state TRANSPOSED (S(i, j) at j·N + i:
+///   the layout the sequence kernel holds it in, so recording is a plain copy);
+/// - `removal`: u_t = S_{t−1} a_t of every token, [B,T,H,N].
+/// `every` = 0 records nothing. Not offered by the cuda backend.
+template <class S>
+struct record {
+  S* states = nullptr;
+  S* removal = nullptr;
+  index_t every = 0;
+};
+
+/// How many states a `record` receives from a call of `tokens` tokens.
+inline index_t recorded_states(index_t tokens, index_t every) {
+  return every > 0 && tokens > 0 ? (tokens - 1) / every : 0;
+}
+
 /// Throws value_error if a decay lies outside (0, 1] (or a log-decay is positive), or any
 /// input is not finite. Kernels do not check values in release builds; this is the
 /// validating API (it runs automatically when METASTATE_VALIDATE_VALUES is 1).
@@ -82,7 +102,7 @@ void run(backend::simd<Arch>, const problem<T, A>& p, const exec_policy& e) {
 
 template <int N, class Backend, class T, class S>
 void checked_run(const char* context, const inputs<T>& in, state_view<S> state, sequence_view<T> y,
-                 const options& opt, bool single_token) {
+                 const options& opt, bool single_token, const record<S>& saved = {}) {
   static_assert(!std::is_same_v<Backend, backend::cuda> || METASTATE_CUDA_COMPILER,
                 "THE_CUDA_BACKEND_NEEDS_NVCC_AND_THE_METASTATE_CUDA_HEADERS");
   static_assert(std::is_base_of_v<backend::scalar, Backend> || std::is_same_v<Backend, backend::cuda>,
@@ -105,9 +125,16 @@ void checked_run(const char* context, const inputs<T>& in, state_view<S> state, 
   if ((y.size() > 0 && y.data() == nullptr) || (state.size() > 0 && state.data() == nullptr))
     throw shape_error(std::string(context) + ": 'y' or 'state' has no data");
   if (n <= 0) throw shape_error(std::string(context) + ": head size must be positive, got " + std::to_string(n));
+  if (saved.every < 0 || (saved.every > 0 && (saved.removal == nullptr ||
+                                              (recorded_states(expected[1], saved.every) > 0 && !saved.states))))
+    throw shape_error(std::string(context) + ": a record needs every >= 0 and, when every > 0, 'removal' and " +
+                      "'states' storage; got every = " + std::to_string(saved.every));
+  if (std::is_same_v<Backend, backend::cuda> && saved.every != 0)
+    throw shape_error(std::string(context) + ": the cuda backend does not record (record.every must be 0)");
   // Device memory cannot be read here: the cuda backend leaves values unchecked.
   if constexpr (METASTATE_VALIDATE_VALUES && !std::is_same_v<Backend, backend::cuda>) validate_values(in, opt.decay);
-  const problem<T, S> p{in, state, y, opt.decay, shape[0], expected[1], shape[2], static_cast<int>(n)};
+  const problem<T, S> p{in, state, y, opt.decay, shape[0], expected[1], shape[2], static_cast<int>(n),
+                        saved.states, saved.removal, saved.every};
   run<N>(Backend{}, p, opt.exec);
 }
 
@@ -116,9 +143,11 @@ void checked_run(const char* context, const inputs<T>& in, state_view<S> state, 
 /// Runs T tokens: `state` holds S_0 on entry and S_T on return; `y` receives every y_t.
 /// `N` is the head size (or `dynamic`); `Backend` a tag from metastate::backend.
 /// Throws shape_error naming the tensor when a shape does not match `r`'s `[B,T,H,N]`.
+/// `saved` optionally receives what the Meta-State encoder needs (see `record`).
 template <int N = dynamic, class Backend = backend::default_backend, class T, class S>
-void sequence(const inputs<T>& in, state_view<S> state, sequence_view<T> y, const options& opt = {}) {
-  detail::checked_run<N, Backend>("wkv7::sequence", in, state, y, opt, false);
+void sequence(const inputs<T>& in, state_view<S> state, sequence_view<T> y, const options& opt = {},
+              const record<S>& saved = {}) {
+  detail::checked_run<N, Backend>("wkv7::sequence", in, state, y, opt, false, saved);
 }
 
 /// One token for every batch row and head (inputs and `y` are `[B,1,H,N]`), the state

@@ -36,7 +36,24 @@ struct problem {
   decay_input decay;
   index_t batch, tokens, heads;
   int n;
+  /// Optional record for the Meta-State encoder (see `wkv7::record`): the state, transposed,
+  /// after every `every`-th token before the last, and u_t of every token ([B,T,H,N]).
+  A* saved_states = nullptr;
+  A* saved_removal = nullptr;
+  index_t every = 0;
+
+  /// Where u_t of (b, h) goes, or null when nothing is recorded.
+  A* removal_target(index_t b, index_t t, index_t h) const {
+    return saved_removal ? saved_removal + ((b * tokens + t) * heads + h) * n : nullptr;
+  }
 };
+
+/// Writes rows [row0, row1) of the n x n row-major `state` into the transposed n x n `dst`.
+template <class A>
+void store_transposed(const A* state, A* dst, int row0, int row1, int n) {
+  for (int i = row0; i < row1; ++i)
+    for (int j = 0; j < n; ++j) dst[static_cast<index_t>(j) * n + i] = state[static_cast<index_t>(i) * n + j];
+}
 
 /// Fixed-size storage for a static head size, a vector for a dynamic one.
 template <class A, int N, int Count>
@@ -138,7 +155,8 @@ inline constexpr double parallel_min_updates = 1 << 18;
 /// Runs `Unit` kernels over batch x heads (and, when those are fewer than the threads, over
 /// row blocks of `granularity` rows: rows are independent). Each thread keeps the tokens
 /// loop outermost over its units: the [B,T,H,N] inputs of one token are then contiguous.
-/// A unit is constructed before its first token and `finish`ed after its last.
+/// A unit is constructed before its first token and `finish`ed after its last; where a
+/// record asks for the state, `store` writes the unit's rows of it (transposed).
 template <class Unit, class T, class A>
 void run_units(const problem<T, A>& p, const exec_policy& policy, int granularity) {
   const index_t items = p.batch * p.heads;
@@ -156,12 +174,18 @@ void run_units(const problem<T, A>& p, const exec_policy& policy, int granularit
     const int part = static_cast<int>(u % parts);
     return unit{item / p.heads, item % p.heads, part * rows_per_part, std::min(p.n, (part + 1) * rows_per_part)};
   };
+  const index_t state_size = static_cast<index_t>(p.n) * p.n;
+  auto token = [&](Unit& k, index_t u, index_t t) {
+    k.token(t);
+    if (p.every > 0 && (t + 1) % p.every == 0 && t + 1 < p.tokens)
+      k.store(p.saved_states + ((t + 1) / p.every - 1) * items * state_size + (u / parts) * state_size);
+  };
   auto run_thread = [&](int tid) {
     const index_t first = units * tid / threads, last = units * (tid + 1) / threads;
     if (last - first == 1 || p.tokens == 1) {
       for (index_t u = first; u < last; ++u) {
         Unit k(p, unit_at(u));
-        for (index_t t = 0; t < p.tokens; ++t) k.token(t);
+        for (index_t t = 0; t < p.tokens; ++t) token(k, u, t);
         k.finish();
       }
     } else {
@@ -169,7 +193,7 @@ void run_units(const problem<T, A>& p, const exec_policy& policy, int granularit
       mine.reserve(static_cast<std::size_t>(last - first));
       for (index_t u = first; u < last; ++u) mine.emplace_back(p, unit_at(u));
       for (index_t t = 0; t < p.tokens; ++t)
-        for (auto& k : mine) k.token(t);
+        for (index_t u = first; u < last; ++u) token(mine[static_cast<std::size_t>(u - first)], u, t);
       for (auto& k : mine) k.finish();
     }
   };

@@ -3,6 +3,7 @@
 #include "metastate/detail/internal_header_check.hpp"
 
 #include <Eigen/Core>
+#include <algorithm>
 
 #include "metastate/wkv/detail/driver.hpp"
 
@@ -31,6 +32,7 @@ class eigen_unit {
   }
 
   void finish() {}
+  void store(A* dst) const { store_transposed(p_.state.at(u_.b, u_.h), dst, u_.row0, u_.row1, p_.n); }
 
  private:
   template <int Rows>
@@ -47,6 +49,7 @@ class eigen_unit {
     // Aliasing: the removal term reads the OLD state, so it is computed first; the update
     // is then coefficient-wise in place (every term is lazy, no temporary is created).
     removal.noalias() = s.lazyProduct(a);
+    if (A* saved = p_.removal_target(u_.b, t, u_.h)) std::copy_n(removal.data(), rows, saved + row0);
     s = s * w.asDiagonal() + removal.lazyProduct(b.transpose()) + v.lazyProduct(k.transpose());
     y.noalias() = s.lazyProduct(r);
   }

@@ -16,10 +16,12 @@ class scalar_unit {
     const int n = head_size<N>(p_.n).value();
     const auto x = load_.load(t);
     A* y = load_.y_target(t);
+    A* saved_removal = p_.removal_target(u_.b, t, u_.h);
     for (int i = u_.row0; i < u_.row1; ++i) {
       A* row = s_ + static_cast<index_t>(i) * n;
       A removal = 0;  // u_i = (S_{t-1} a)_i, from the old row
       for (int j = 0; j < n; ++j) removal += row[j] * x.a[j];
+      if (saved_removal) saved_removal[i] = removal;
       A out = 0;
       for (int j = 0; j < n; ++j) {
         row[j] = row[j] * x.w[j] + removal * x.b[j] + x.v[i] * x.k[j];
@@ -31,6 +33,7 @@ class scalar_unit {
   }
 
   void finish() {}
+  void store(A* dst) const { store_transposed(s_, dst, u_.row0, u_.row1, p_.n); }
 
  private:
   const problem<T, A>& p_;

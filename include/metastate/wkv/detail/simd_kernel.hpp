@@ -3,6 +3,7 @@
 #pragma once
 #include "metastate/detail/internal_header_check.hpp"
 
+#include <algorithm>
 #include <cstdint>
 #include <xsimd/xsimd.hpp>
 #if defined(__AVX__)
@@ -30,6 +31,7 @@ class simd_row_unit {
     const int n = head_size<N>(p_.n).value();
     const auto x = load_.load(t);
     float* y = load_.y_target(t);
+    float* saved_removal = p_.removal_target(u_.b, t, u_.h);
     alignas(64) float removal[L];
     batch acc[L];
     for (int i0 = u_.row0; i0 < u_.row1; i0 += L) {
@@ -40,6 +42,7 @@ class simd_row_unit {
         for (int q = 0; q < L; ++q) acc[q] = xsimd::fma(batch::load_unaligned(block + q * n + j), a, acc[q]);
       }
       xsimd::haddp(acc).store_aligned(removal);
+      if (saved_removal) std::copy_n(removal, L, saved_removal + i0);
       // Columns outer, rows inner: the key-axis vectors are loaded once for the L rows.
       batch u[L], v[L];
       for (int q = 0; q < L; ++q) u[q] = batch(removal[q]), v[q] = batch(x.v[i0 + q]), acc[q] = batch(0.f);
@@ -61,6 +64,7 @@ class simd_row_unit {
   }
 
   void finish() {}
+  void store(float* dst) const { store_transposed(s_, dst, u_.row0, u_.row1, p_.n); }
 
  private:
   const problem<T, float>& p_;
@@ -103,10 +107,20 @@ class simd_transposed_unit {
     // The last token has no successor; its "next u" is computed from its own a and unused.
     const float* a_next = t + 1 < p_.tokens ? load_.load_a_ahead(t + 1) : x.a;
     float* y = load_.y_target(t);
+    if (float* saved = p_.removal_target(u_.b, t, u_.h))  // u_t, formed during the previous token
+      std::copy(removal_.data() + u_.row0, removal_.data() + u_.row1, saved + u_.row0);
     int i = u_.row0;
     for (; i + RB * L <= u_.row1; i += RB * L) rows<RB>(i, x, a_next, y);
     for (; i < u_.row1; i += L) rows<1>(i, x, a_next, y);
     load_.commit_y(t, u_.row0, u_.row1);
+  }
+
+  /// Writes the unit's rows of the current state into the transposed n x n `dst`: the
+  /// private copy already has that layout, one contiguous run per column.
+  void store(float* dst) const {
+    const int n = head_size<N>(p_.n).value();
+    for (int j = 0; j < n; ++j)
+      std::copy_n(work_.data() + static_cast<std::size_t>(j) * rows_, rows_, dst + static_cast<index_t>(j) * n + u_.row0);
   }
 
   /// Writes the unit's rows back into the caller's state.
