@@ -41,12 +41,12 @@ void layer_chunks(benchmark::State& st, int H, int T, int chunk, int every, bool
       };
       auto out = [&](std::vector<float>& v) { return ms::sequence_view<float>(v.data(), 1, Tc, H, 64); };
       const ms::wkv7::inputs<float> in{at(x.r), at(x.w), at(x.k), at(x.v), at(x.a), at(x.b)};
-      if (meta) start = x.state;
+      if (meta && every == 0) start = x.state;  // the replay starts from it
       ms::wkv7::sequence<N, Backend>(in, ms::state_view<float>(x.state.data(), 1, H, 64), out(y), opt, record);
       if (!meta) continue;
       const ms::state_view<const float> start_view(start.data(), 1, H, 64);
       if (every > 0)
-        ms::meta_state::encode_recorded(in, start_view, record, at(x.r), out(e), 64, ws, opt);
+        ms::meta_state::encode_recorded(in, record, at(x.r), out(e), 64, ws, opt);
       else
         ms::meta_state::encode_sequence<N, Backend>(in, start_view, at(x.r), out(e), 64, ws, opt);
       ms::meta_state::evolve<N, Backend>(in.w, in.a, in.b, ms::sequence_view<const float>(out(e)), at(x.r),

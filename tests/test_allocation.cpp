@@ -17,7 +17,8 @@ using heap_counter::counting;
 namespace ms = metastate;
 
 TEST_CASE_TEMPLATE("wkv7 step allocates nothing for a static head size", Backend, ms::backend::scalar,
-                   ms::backend::eigen, ms::backend::simd<>) {
+                   ms::backend::eigen, ms::backend::simd<>,
+                   ms::backend::simd<ms::backend::narrow_simd_arch>) {
   for (auto type_tag : {0, 1}) {
     const auto p = ref::random_problem(2, 1, 12, 64, 3);
     auto run = [&](auto storage) {

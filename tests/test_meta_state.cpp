@@ -65,21 +65,20 @@ TEST_CASE("encode_recorded (from what wkv7::sequence recorded) matches the fp64 
 
 TEST_CASE("encode_recorded rejects a missing record, naming what is missing") {
   const auto p = ref::random_problem(1, 8, 1, 16, 5);
-  std::vector<float> x(p.seq_size()), e(p.seq_size()), start(p.state_size()), removal(p.seq_size());
+  std::vector<float> x(p.seq_size()), e(p.seq_size()), states(p.state_size()), removal(p.seq_size());
   ms::meta_state::workspace<float> ws;
   const harness::stored_inputs<float> inputs(p);
   auto encode = [&](const ms::wkv7::record<float>& saved) {
-    ms::meta_state::encode_recorded(inputs.all(), ms::state_view<const float>(start.data(), 1, 1, 16), saved,
-                                    ms::sequence_view<const float>(x.data(), 1, 8, 1, 16),
+    ms::meta_state::encode_recorded(inputs.all(), saved, ms::sequence_view<const float>(x.data(), 1, 8, 1, 16),
                                     ms::sequence_view<float>(e.data(), 1, 8, 1, 16), 16, ws);
   };
   CHECK_THROWS_WITH_AS(encode({nullptr, removal.data(), 4}), doctest::Contains("'states' storage, got every = 4"),
                        ms::shape_error);
-  CHECK_THROWS_WITH_AS(encode({start.data(), nullptr, 4}), doctest::Contains("'removal'"), ms::shape_error);
-  CHECK_THROWS_WITH_AS(encode({start.data(), removal.data(), 0}), doctest::Contains("every >= 1"), ms::shape_error);
-  CHECK_THROWS_WITH_AS(encode({start.data(), removal.data(), ms::meta_state::max_every + 1}),
+  CHECK_THROWS_WITH_AS(encode({states.data(), nullptr, 4}), doctest::Contains("'removal'"), ms::shape_error);
+  CHECK_THROWS_WITH_AS(encode({states.data(), removal.data(), 0}), doctest::Contains("every >= 1"), ms::shape_error);
+  CHECK_THROWS_WITH_AS(encode({states.data(), removal.data(), ms::meta_state::max_every + 1}),
                        doctest::Contains("takes at most 64"), ms::shape_error);
-  CHECK_NOTHROW(encode({nullptr, removal.data(), 8}));  // 8 tokens in one block: no state is recorded
+  CHECK_NOTHROW(encode({states.data(), removal.data(), 8}));
 }
 
 TEST_CASE("meta-state models match the fp64 reference (SPEC §4, §7: 1e-5)") {

@@ -97,7 +97,7 @@ result run_meta_state(const ref::wkv_problem& p, const meta_state_inputs& ms_in,
     const ms::wkv7::record<A> saved{states.data(), removal.data(), every};
     ms::wkv7::sequence<N, Backend>(in.all(), ms::state_view<A>(state.data(), p.B, p.H, p.N),
                                    ms::sequence_view<T>(y.data(), p.B, p.T, p.H, p.N), {}, saved);
-    ms::meta_state::encode_recorded(in.all(), start_view, saved, xv, e_view, n, ws);
+    ms::meta_state::encode_recorded(in.all(), saved, xv, e_view, n, ws);
   } else {
     ms::meta_state::encode_sequence<N, Backend>(in.all(), start_view, xv, e_view, n, ws);
   }

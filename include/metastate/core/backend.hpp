@@ -10,18 +10,29 @@ struct scalar {};
 /// The fused lazy Eigen expression: the generic path and the test oracle.
 struct eigen : scalar {};
 
-/// The 8-lane architecture when the compiler targets AVX2 (with AVX-512VL the compiler
-/// also gets 32 registers for it); otherwise the best one xsimd was compiled for.
+/// The 8-lane architecture when the compiler targets AVX2 (with FMA); otherwise the best
+/// one xsimd was compiled for. Head sizes that are not a multiple of the widest lane count
+/// run on this one.
 #if XSIMD_WITH_FMA3_AVX2
-using default_simd_arch = xsimd::fma3<xsimd::avx2>;
+using narrow_simd_arch = xsimd::fma3<xsimd::avx2>;
 #elif XSIMD_WITH_AVX2
-using default_simd_arch = xsimd::avx2;
+using narrow_simd_arch = xsimd::avx2;
 #else
-using default_simd_arch = xsimd::default_arch;
+using narrow_simd_arch = xsimd::default_arch;
 #endif
 
-/// The fused xsimd kernel. Head sizes that are not a multiple of the lane count fall back
-/// to the `eigen` backend, as do storage types it does not vectorise.
+/// The widest architecture the compiler targets: 16-lane AVX-512 where available (on this
+/// project's machine it doubles the FMA rate of 8-lane AVX2; docs/PERFORMANCE.md),
+/// else `narrow_simd_arch`.
+#if XSIMD_WITH_AVX512F
+using default_simd_arch = xsimd::avx512f;
+#else
+using default_simd_arch = narrow_simd_arch;
+#endif
+
+/// The fused xsimd kernel. Head sizes that are not a multiple of the lane count run on
+/// `narrow_simd_arch` when they are a multiple of its lane count, else fall back to the
+/// `eigen` backend, as do storage types it does not vectorise.
 template <class Arch = default_simd_arch>
 struct simd : eigen {
   using arch = Arch;

@@ -153,22 +153,22 @@ void encode_sequence(const wkv7::inputs<T>& wkv, state_view<const S> start, sequ
   }
 }
 
-/// Encoder over a sequence from what `wkv7::sequence` recorded for the same inputs from
-/// `start` (`saved`: the state every `saved.every` tokens, transposed, and u_t of every
-/// token): e [B,T,H,n] = S_t[:n,:n] x̃_t[:n] without replaying the recurrence. In a block of
-/// `every` tokens from the state S_c before its first token c,
+/// Encoder over a sequence from what `wkv7::sequence` recorded for the same inputs
+/// (`saved`: the state at the start of every block of `saved.every` tokens, transposed, and
+/// u_t of every token): e [B,T,H,n] = S_t[:n,:n] x̃_t[:n] without replaying the recurrence.
+/// In a block from the state S_c before its first token c,
 ///   S_t = S_c D_{c..t} + Σ_{c≤τ≤t} (u_τ b_τᵀ + v_τ k_τᵀ) D_{τ+1..t},  D_{i..j} = diag(w_i ∘ ⋯ ∘ w_j),
-/// so, over channels < n,
-///   e_t = S_c x̂_t + Σ_τ (β_tτ u_τ + κ_tτ v_τ),  x̂_t = D_{c..t} x̃_t,
-///   β_tτ = b_τ · D_{τ+1..t} x̃_t,  κ_tτ = k_τ · D_{τ+1..t} x̃_t.
-/// x̂, β and κ come from carrying each query back through the block's decays (products only,
-/// never a division by a decay, so no decay is too small), then one product of the block's
-/// [x̂ β κ] by the rows [S_cᵀ; u; v]: about n² + 2n·every multiply-adds per token instead of
-/// a second pass over the N² state. `start` is not modified.
+/// so, over channels < n, with P_t = w_c ∘ ⋯ ∘ w_t,
+///   e_t = S_c x̂_t + Σ_{τ≤t} (β_tτ u_τ + κ_tτ v_τ),   x̂_t = P_t ∘ x̃_t,
+///   β_tτ = (b_τ / P_τ) · x̂_t,  κ_tτ = (k_τ / P_τ) · x̂_t  (τ < t),   β_tt = b_t · x̃_t,  κ_tt = k_t · x̃_t,
+/// then one product of the block's [x̂ β κ] (every x (n + 2·every)) by the rows [S_cᵀ; u; v]:
+/// about n² + 2n·every multiply-adds per token instead of a second pass over the N² state.
+/// A block whose decays multiply to below 2⁻¹⁰⁰ before its last token (far below RWKV-7's
+/// w > 0.545) is not divided by them: its β, κ come from carrying each query back through
+/// the decays, exactly.
 template <class T, class S>
-void encode_recorded(const wkv7::inputs<T>& wkv, state_view<const S> start, const wkv7::record<S>& saved,
-                     sequence_view<const T> x, sequence_view<T> e, int n, workspace<T>& ws,
-                     const wkv7::options& opt = {}) {
+void encode_recorded(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, sequence_view<const T> x,
+                     sequence_view<T> e, int n, workspace<T>& ws, const wkv7::options& opt = {}) {
   static_assert(std::is_same_v<S, accum_t<T>>, "THE_STATE_MUST_HAVE_THE_ACCUMULATE_TYPE_OF_THE_STORAGE_TYPE");
   const char* context = "meta_state::encode_recorded";
   const auto& shape = wkv.r.shape();
@@ -176,8 +176,7 @@ void encode_recorded(const wkv7::inputs<T>& wkv, state_view<const S> start, cons
   detail::check_sse_dim(context, n, N);
   expect_shape(context, "x", x.shape(), shape);
   expect_shape(context, "e", e.shape(), std::array<index_t, 4>{B, T_, H, n});
-  expect_shape(context, "start", start.shape(), std::array<index_t, 4>{B, H, N, N});
-  if (every <= 0 || saved.removal == nullptr || (wkv7::recorded_states(T_, every) > 0 && saved.states == nullptr))
+  if (every <= 0 || saved.removal == nullptr || saved.states == nullptr)
     throw shape_error(std::string(context) + ": the record needs every >= 1 and 'removal' and 'states' storage, " +
                       "got every = " + std::to_string(every));
   if (every > max_every)
@@ -190,79 +189,127 @@ void encode_recorded(const wkv7::inputs<T>& wkv, state_view<const S> start, cons
   int threads = resolve_threads(opt.exec);
   if (double(units) * H * every * n * n < wkv7::detail::parallel_min_updates) threads = 1;
   threads = static_cast<int>(std::min<index_t>(threads, units));
-  // Per thread: S_0ᵀ (n x n), w, b, k, v of a block (every x n each), [x̂ β κ], the query, e.
-  const index_t inner = n + 2 * every, scratch = n * n + 4 * every * n + every * inner + n + every * n;
-  ws.encoder.resize(static_cast<std::size_t>(threads * scratch));
+  // Channels padded with zeros to whole vectors (decays with ones); rows of the product:
+  // S_cᵀ for the padded channels (a zero row past n), then u_τ, v_τ interleaved.
+  const index_t np = (n + L - 1) / L * L, groups = (every + L - 1) / L, inner = np + 2 * every;
+  // Per thread: w, b, k, x̃ and b/P, k/P of a block (padded), v, P, [x̂ β κ], e, a zero row.
+  const index_t scratch = 4 * every * np + 2 * groups * L * np + every * n + np + every * inner + every * n + n;
+  ws.encoder.assign(static_cast<std::size_t>(threads * scratch), S(0));  // the zero rows
   ws.encoder_rows.resize(static_cast<std::size_t>(threads * inner));
   const bool log_decay = opt.decay == wkv7::decay_input::log_w;
-  // Channels < n of one token's input as S: the input itself when it already is S, else
-  // converted into `buffer` (with exp for a log-decay).
-  auto as_accum = [n](const T* in, S* buffer, bool exp) -> const S* {
+  const S tiny = std::ldexp(S(1), -100);
+  auto as_accum = [n, np](const T* in, S* copy, bool exp, S pad) -> const S* {
     if constexpr (std::is_same_v<T, S>)
-      if (!exp) return in;
-    for (int j = 0; j < n; ++j) buffer[j] = exp ? std::exp(static_cast<S>(in[j])) : static_cast<S>(in[j]);
-    return buffer;
+      if (!exp && n == np) return in;
+    if (exp)
+      for (int j = 0; j < n; ++j) copy[j] = std::exp(static_cast<S>(in[j]));
+    else
+      for (int j = 0; j < n; ++j) copy[j] = static_cast<S>(in[j]);
+    std::fill(copy + n, copy + np, pad);
+    return copy;
   };
 
   auto run_unit = [&](index_t unit, S* buffer, const S** rows) {
     // Sizes as locals: the vector stores (may-alias types) would otherwise force reloads of
     // captured references inside the inner loops.
-    const index_t nn = n, b = unit / blocks, block = unit % blocks, c = block * every, m = std::min(every, T_ - c);
-    S *start_t = buffer, *w = start_t + nn * nn, *bk = w + every * nn, *kk = bk + every * nn, *v = kk + every * nn,
-      *z = v + every * nn, *q = z + every * inner, *out = q + nn;
-    const index_t vectors = nn / L * L;
+    const index_t nn = n, npad = np, b = unit / blocks, block = unit % blocks, c = block * every,
+                  m = std::min(every, T_ - c);
+    S *w = buffer, *bk = w + every * npad, *kk = bk + every * npad, *xq = kk + every * npad,
+      *bh = xq + every * npad, *kh = bh + groups * L * npad, *v = kh + groups * L * npad, *P = v + every * nn,
+      *z = P + npad, *out = z + every * inner, *zero_row = out + every * nn;
+    auto row = [npad](S* base, index_t tau) { return base + tau * npad; };
     for (index_t h = 0; h < H; ++h) {
-      // The block's inputs as S: the storage itself, or converted (decays from log-decays).
-      const S *wp[max_every], *bp[max_every], *kp[max_every], *vp[max_every];
+      // The block's inputs as S over the padded channels: the inputs themselves when they
+      // are S and whole vectors, else copies (decays from log-decays, padding 1 and 0).
+      const S *wr[max_every], *br[max_every], *kr[max_every], *xr[max_every], *vr[max_every];
       for (index_t tau = 0; tau < m; ++tau) {
         const index_t t = c + tau;
-        wp[tau] = as_accum(wkv.w.at(b, t, h), w + tau * nn, log_decay);
-        bp[tau] = as_accum(wkv.b.at(b, t, h), bk + tau * nn, false);
-        kp[tau] = as_accum(wkv.k.at(b, t, h), kk + tau * nn, false);
-        vp[tau] = as_accum(wkv.v.at(b, t, h), v + tau * nn, false);
+        wr[tau] = as_accum(wkv.w.at(b, t, h), row(w, tau), log_decay, S(1));
+        br[tau] = as_accum(wkv.b.at(b, t, h), row(bk, tau), false, S(0));
+        kr[tau] = as_accum(wkv.k.at(b, t, h), row(kk, tau), false, S(0));
+        xr[tau] = as_accum(x.at(b, t, h), row(xq, tau), false, S(0));
+        vr[tau] = as_accum(wkv.v.at(b, t, h), v + tau * nn, false, S(0));
       }
-      for (index_t t = 0; t < m; ++t) {  // carry x̃_t back to the block start
-        S* zt = z + t * inner;
-        const T* xt = x.at(b, c + t, h);
-        for (index_t j = 0; j < nn; ++j) q[j] = static_cast<S>(xt[j]);
-        for (index_t tau = t; tau >= 0; --tau) {
-          const S *bt = bp[tau], *kt = kp[tau], *wt = wp[tau];
-          batch sb(S(0)), sk(S(0));
-          for (index_t j = 0; j < vectors; j += L) {
-            const batch qj = batch::load_unaligned(q + j);
-            sb = xsimd::fma(batch::load_unaligned(bt + j), qj, sb);
-            sk = xsimd::fma(batch::load_unaligned(kt + j), qj, sk);
-            (qj * batch::load_unaligned(wt + j)).store_unaligned(q + j);
-          }
-          S tb = xsimd::hadd(sb), tk = xsimd::hadd(sk);
-          for (index_t j = vectors; j < nn; ++j) {
-            tb += bt[j] * q[j];
-            tk += kt[j] * q[j];
-            q[j] *= wt[j];
-          }
-          zt[nn + 2 * tau] = tb;
-          zt[nn + 2 * tau + 1] = tk;
-        }
-        std::copy_n(q, nn, zt);
-        std::fill(zt + nn + 2 * (t + 1), zt + inner, S(0));
-      }
-      // Rows of the product: S_cᵀ (the start state transposed here; recorded states already are).
-      if (block == 0) {
-        const S* s0 = start.at(b, h);
-        for (index_t i = 0; i < nn; ++i)
-          for (index_t j = 0; j < nn; ++j) start_t[j * nn + i] = s0[i * N + j];
-        for (index_t j = 0; j < nn; ++j) rows[j] = start_t + j * nn;
-      } else {
-        const S* s_c = saved.states + ((block - 1) * B * H + b * H + h) * N * N;
-        for (index_t j = 0; j < nn; ++j) rows[j] = s_c + j * N;
-      }
+      // P_t, x̂_t, and b/P, k/P of every token but the last; the smallest P decides the path.
+      batch smallest(S(1));
+      for (index_t j = 0; j < npad; j += L) batch(S(1)).store_unaligned(P + j);
       for (index_t tau = 0; tau < m; ++tau) {
-        rows[nn + 2 * tau] = saved.removal + ((b * T_ + c + tau) * H + h) * N;
-        rows[nn + 2 * tau + 1] = vp[tau];
+        S* zt = z + tau * inner;
+        for (index_t j = 0; j < npad; j += L) {
+          const batch p = batch::load_unaligned(P + j) * batch::load_unaligned(wr[tau] + j);
+          p.store_unaligned(P + j);
+          (p * batch::load_unaligned(xr[tau] + j)).store_unaligned(zt + j);
+          if (tau + 1 < m) {
+            smallest = xsimd::min(smallest, p);
+            const batch inverse = batch(S(1)) / p;
+            (batch::load_unaligned(br[tau] + j) * inverse).store_unaligned(row(bh, tau) + j);
+            (batch::load_unaligned(kr[tau] + j) * inverse).store_unaligned(row(kh, tau) + j);
+          }
+        }
+      }
+      for (index_t tau = m - 1; tau < groups * L; ++tau)  // unused lanes of the last group: finite
+        for (index_t j = 0; j < npad; ++j) row(bh, tau)[j] = row(kh, tau)[j] = S(0);
+      alignas(64) S lanes[L];
+      smallest.store_aligned(lanes);
+      const bool divided = *std::min_element(lanes, lanes + L) >= tiny;
+      for (index_t t = 0; t < m; ++t) {
+        S* zt = z + t * inner;
+        if (divided) {
+          // β_tτ, κ_tτ for τ < t: L of each at a time, reduced together.
+          alignas(64) S sums[2 * L];
+          for (index_t g = 0; g * L < t; ++g) {
+            batch acc_b[L], acc_k[L];
+            for (index_t q = 0; q < L; ++q) acc_b[q] = acc_k[q] = batch(S(0));
+            for (index_t j = 0; j < npad; j += L) {
+              const batch xj = batch::load_unaligned(zt + j);
+              for (index_t q = 0; q < L; ++q) {
+                acc_b[q] = xsimd::fma(batch::load_unaligned(row(bh, g * L + q) + j), xj, acc_b[q]);
+                acc_k[q] = xsimd::fma(batch::load_unaligned(row(kh, g * L + q) + j), xj, acc_k[q]);
+              }
+            }
+            wkv7::detail::lane_sums(acc_b).store_aligned(sums);
+            wkv7::detail::lane_sums(acc_k).store_aligned(sums + L);
+            for (index_t q = 0; q < L && g * L + q < t; ++q) {
+              zt[npad + 2 * (g * L + q)] = sums[q];
+              zt[npad + 2 * (g * L + q) + 1] = sums[L + q];
+            }
+          }
+          batch db(S(0)), dk(S(0));  // the diagonal: no decay
+          for (index_t j = 0; j < npad; j += L) {
+            const batch xj = batch::load_unaligned(xr[t] + j);
+            db = xsimd::fma(batch::load_unaligned(br[t] + j), xj, db);
+            dk = xsimd::fma(batch::load_unaligned(kr[t] + j), xj, dk);
+          }
+          zt[npad + 2 * t] = xsimd::hadd(db);
+          zt[npad + 2 * t + 1] = xsimd::hadd(dk);
+        } else {
+          // Carry x̃_t back through the decays: q ← w_τ ∘ q after reading b_τ · q, k_τ · q.
+          S* q = zt;  // ends as x̂_t
+          std::copy_n(xr[t], npad, q);
+          for (index_t tau = t; tau >= 0; --tau) {
+            batch sb(S(0)), sk(S(0));
+            for (index_t j = 0; j < npad; j += L) {
+              const batch qj = batch::load_unaligned(q + j);
+              sb = xsimd::fma(batch::load_unaligned(br[tau] + j), qj, sb);
+              sk = xsimd::fma(batch::load_unaligned(kr[tau] + j), qj, sk);
+              (qj * batch::load_unaligned(wr[tau] + j)).store_unaligned(q + j);
+            }
+            zt[npad + 2 * tau] = xsimd::hadd(sb);
+            zt[npad + 2 * tau + 1] = xsimd::hadd(sk);
+          }
+        }
+        std::fill(zt + npad + 2 * (t + 1), zt + inner, S(0));
+      }
+      const S* s_c = saved.states + ((block * B + b) * H + h) * N * N;
+      for (index_t j = 0; j < nn; ++j) rows[j] = s_c + j * N;
+      for (index_t j = nn; j < npad; ++j) rows[j] = zero_row;
+      for (index_t tau = 0; tau < m; ++tau) {
+        rows[npad + 2 * tau] = saved.removal + ((b * T_ + c + tau) * H + h) * N;
+        rows[npad + 2 * tau + 1] = vr[tau];
       }
       for (index_t t0 = 0; t0 < m; t0 += TT) {
         const int tokens = static_cast<int>(std::min(TT, m - t0));
-        const index_t used = nn + 2 * (t0 + tokens);  // β, κ are zero for later tokens
+        const index_t used = npad + 2 * (t0 + tokens);  // β, κ are zero for later tokens
         const S* zt = z + t0 * inner;
         S* ot = out + t0 * nn;
         index_t col = 0;
@@ -276,8 +323,10 @@ void encode_recorded(const wkv7::inputs<T>& wkv, state_view<const S> start, cons
             ot[tt * nn + col] = acc;
           }
       }
-      for (index_t t = 0; t < m; ++t) std::transform(out + t * nn, out + (t + 1) * nn, e.at(b, c + t, h),
-                                                     [](S y) { return static_cast<T>(y); });
+      for (index_t t = 0; t < m; ++t) {
+        T* et = e.at(b, c + t, h);
+        for (index_t i = 0; i < nn; ++i) et[i] = static_cast<T>(out[t * nn + i]);
+      }
     }
   };
   auto run_thread = [&](int tid) {

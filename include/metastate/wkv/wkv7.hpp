@@ -32,10 +32,10 @@ struct options {
 
 /// What a `sequence` call can leave behind for the Meta-State encoder
 /// (`meta_state::encode_recorded`), which then never replays the recurrence:
-/// - `states`: the state after tokens every − 1, 2·every − 1, … before the last token (the
-///   state at the start of each later block of `every` tokens), `recorded_states(T, every)`
-///   blocks [B,H,N,N] one after another, each N x N state TRANSPOSED (S(i, j) at j·N + i:
-///   the layout the sequence kernel holds it in, so recording is a plain copy);
+/// - `states`: the state before tokens 0, every, 2·every, … (at the start of each block of
+///   `every` tokens), `recorded_states(T, every)` = ⌈T / every⌉ blocks [B,H,N,N] one after
+///   another, each N x N state TRANSPOSED (S(i, j) at j·N + i: the layout the sequence
+///   kernel holds it in, so recording is a plain copy);
 /// - `removal`: u_t = S_{t−1} a_t of every token, [B,T,H,N].
 /// `every` = 0 records nothing. Not offered by the cuda backend.
 template <class S>
@@ -47,7 +47,7 @@ struct record {
 
 /// How many states a `record` receives from a call of `tokens` tokens.
 inline index_t recorded_states(index_t tokens, index_t every) {
-  return every > 0 && tokens > 0 ? (tokens - 1) / every : 0;
+  return every > 0 && tokens > 0 ? (tokens + every - 1) / every : 0;
 }
 
 /// Throws value_error if a decay lies outside (0, 1] (or a log-decay is positive), or any
@@ -88,15 +88,22 @@ void run(backend::eigen, const problem<T, A>& p, const exec_policy& e) {
 template <int N, class Arch, class T, class A>
 void run(backend::simd<Arch>, const problem<T, A>& p, const exec_policy& e) {
   constexpr int L = simd_lanes<Arch>;
-  if constexpr (!std::is_same_v<A, float> || (N != dynamic && N % L != 0)) {
-    run<N>(backend::eigen{}, p, e);  // no vector kernel for this type / head size
+  using narrow = backend::simd<backend::narrow_simd_arch>;
+  constexpr bool has_narrower = simd_lanes<backend::narrow_simd_arch> < L;
+  if constexpr (!std::is_same_v<A, float>) {
+    run<N>(backend::eigen{}, p, e);  // no vector kernel for this type
+  } else if constexpr (N != dynamic && N % L != 0) {
+    if constexpr (has_narrower) run<N>(narrow{}, p, e);
+    else run<N>(backend::eigen{}, p, e);
   } else {
-    if (p.n % L != 0)
-      run<N>(backend::eigen{}, p, e);
-    else if (p.tokens >= transposed_min_tokens)
+    if (p.n % L != 0) {
+      if constexpr (has_narrower) run<N>(narrow{}, p, e);
+      else run<N>(backend::eigen{}, p, e);
+    } else if (p.tokens >= transposed_min_tokens) {
       run_units<simd_transposed_unit<Arch, T, N>>(p, e, L);
-    else
+    } else {
       run_units<simd_row_unit<Arch, T, N>>(p, e, L);
+    }
   }
 }
 
@@ -125,8 +132,7 @@ void checked_run(const char* context, const inputs<T>& in, state_view<S> state, 
   if ((y.size() > 0 && y.data() == nullptr) || (state.size() > 0 && state.data() == nullptr))
     throw shape_error(std::string(context) + ": 'y' or 'state' has no data");
   if (n <= 0) throw shape_error(std::string(context) + ": head size must be positive, got " + std::to_string(n));
-  if (saved.every < 0 || (saved.every > 0 && (saved.removal == nullptr ||
-                                              (recorded_states(expected[1], saved.every) > 0 && !saved.states))))
+  if (saved.every < 0 || (saved.every > 0 && (saved.removal == nullptr || saved.states == nullptr)))
     throw shape_error(std::string(context) + ": a record needs every >= 0 and, when every > 0, 'removal' and " +
                       "'states' storage; got every = " + std::to_string(saved.every));
   if (std::is_same_v<Backend, backend::cuda> && saved.every != 0)
@@ -144,6 +150,8 @@ void checked_run(const char* context, const inputs<T>& in, state_view<S> state, 
 /// `N` is the head size (or `dynamic`); `Backend` a tag from metastate::backend.
 /// Throws shape_error naming the tensor when a shape does not match `r`'s `[B,T,H,N]`.
 /// `saved` optionally receives what the Meta-State encoder needs (see `record`).
+/// The `simd` kernel keeps its working copy of the states in a per-thread buffer that is
+/// reused by later calls (so calling once per chunk allocates nothing after the first call).
 template <int N = dynamic, class Backend = backend::default_backend, class T, class S>
 void sequence(const inputs<T>& in, state_view<S> state, sequence_view<T> y, const options& opt = {},
               const record<S>& saved = {}) {

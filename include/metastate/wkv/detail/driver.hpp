@@ -37,7 +37,7 @@ struct problem {
   index_t batch, tokens, heads;
   int n;
   /// Optional record for the Meta-State encoder (see `wkv7::record`): the state, transposed,
-  /// after every `every`-th token before the last, and u_t of every token ([B,T,H,N]).
+  /// before every `every`-th token, and u_t of every token ([B,T,H,N]).
   A* saved_states = nullptr;
   A* saved_removal = nullptr;
   index_t every = 0;
@@ -147,6 +147,26 @@ struct unit {
   int row0, row1;
 };
 
+/// The scratch a unit needs for the length of a call (`Unit::scratch_size`), or none.
+template <class Unit, class P>
+auto unit_scratch_size(const P& p, const unit& u, int) -> decltype(Unit::scratch_size(p, u)) {
+  return Unit::scratch_size(p, u);
+}
+template <class Unit, class P>
+std::size_t unit_scratch_size(const P&, const unit&, long) {
+  return 0;
+}
+
+/// Per-thread scratch that outlives a call: a model's prefill calls the op once per chunk,
+/// and allocating (and zeroing, and, past glibc's trim threshold, page-faulting) the units'
+/// buffers at every call cost up to a sixth of its time (docs/PERFORMANCE.md).
+template <class A>
+A* thread_arena(std::size_t count) {
+  static thread_local std::vector<A> arena;
+  if (arena.size() < count) arena.resize(count);
+  return arena.data();
+}
+
 /// Below this many state-element updates (about 30 us of work) a call runs on one thread:
 /// forking and joining a team costs several microseconds (measured: a 12-head step took
 /// 6 us on one thread and 12 us on two).
@@ -155,8 +175,8 @@ inline constexpr double parallel_min_updates = 1 << 18;
 /// Runs `Unit` kernels over batch x heads (and, when those are fewer than the threads, over
 /// row blocks of `granularity` rows: rows are independent). Each thread keeps the tokens
 /// loop outermost over its units: the [B,T,H,N] inputs of one token are then contiguous.
-/// A unit is constructed before its first token and `finish`ed after its last; where a
-/// record asks for the state, `store` writes the unit's rows of it (transposed).
+/// A unit is constructed (with its scratch) before its first token and `finish`ed after its
+/// last; where a record asks for the state, `store` writes the unit's rows of it (transposed).
 template <class Unit, class T, class A>
 void run_units(const problem<T, A>& p, const exec_policy& policy, int granularity) {
   const index_t items = p.batch * p.heads;
@@ -176,22 +196,30 @@ void run_units(const problem<T, A>& p, const exec_policy& policy, int granularit
   };
   const index_t state_size = static_cast<index_t>(p.n) * p.n;
   auto token = [&](Unit& k, index_t u, index_t t) {
+    if (p.every > 0 && t % p.every == 0)
+      k.store(p.saved_states + (t / p.every) * items * state_size + (u / parts) * state_size);
     k.token(t);
-    if (p.every > 0 && (t + 1) % p.every == 0 && t + 1 < p.tokens)
-      k.store(p.saved_states + ((t + 1) / p.every - 1) * items * state_size + (u / parts) * state_size);
   };
   auto run_thread = [&](int tid) {
     const index_t first = units * tid / threads, last = units * (tid + 1) / threads;
     if (last - first == 1 || p.tokens == 1) {
       for (index_t u = first; u < last; ++u) {
-        Unit k(p, unit_at(u));
+        const unit at = unit_at(u);
+        Unit k(p, at, thread_arena<A>(unit_scratch_size<Unit>(p, at, 0)));
         for (index_t t = 0; t < p.tokens; ++t) token(k, u, t);
         k.finish();
       }
     } else {
+      std::size_t total = 0;
+      for (index_t u = first; u < last; ++u) total += unit_scratch_size<Unit>(p, unit_at(u), 0);
+      A* scratch = thread_arena<A>(total);
       std::vector<Unit> mine;
       mine.reserve(static_cast<std::size_t>(last - first));
-      for (index_t u = first; u < last; ++u) mine.emplace_back(p, unit_at(u));
+      for (index_t u = first; u < last; ++u) {
+        const unit at = unit_at(u);
+        mine.emplace_back(p, at, scratch);
+        scratch += unit_scratch_size<Unit>(p, at, 0);
+      }
       for (index_t t = 0; t < p.tokens; ++t)
         for (index_t u = first; u < last; ++u) token(mine[static_cast<std::size_t>(u - first)], u, t);
       for (auto& k : mine) k.finish();

@@ -16,7 +16,7 @@ class eigen_unit {
   using key_map = Eigen::Map<const vector>;
 
  public:
-  eigen_unit(const problem<T, A>& p, const unit& u)
+  eigen_unit(const problem<T, A>& p, const unit& u, A* /*scratch: none*/)
       : p_(p), u_(u), load_(p, u.b, u.h) {}
 
   /// Rows go through fixed blocks of `block_rows` (the tail through a dynamic block), so

@@ -9,7 +9,7 @@ namespace metastate::wkv7::detail {
 template <class T, class A, int N>
 class scalar_unit {
  public:
-  scalar_unit(const problem<T, A>& p, const unit& u)
+  scalar_unit(const problem<T, A>& p, const unit& u, A* /*scratch: none*/)
       : p_(p), u_(u), load_(p, u.b, u.h), s_(p.state.at(u.b, u.h)) {}
 
   void token(index_t t) {

@@ -14,6 +14,31 @@
 
 namespace metastate::wkv7::detail {
 
+/// out[q] = the sum of the lanes of acc[q], for the batch's lane count of rows: xsimd::haddp,
+/// except for 16-lane float, where xsimd 8's haddp returns the sums in a permuted order
+/// (rows 2-3 and 4-5, 10-11 and 12-13 swapped; the tests catch it): there each row is first
+/// folded to 8 lanes and the 8-lane haddp does the rest.
+template <class Batch>
+Batch lane_sums(const Batch* acc) {
+#if XSIMD_WITH_AVX512F
+  if constexpr (Batch::size == 16 && std::is_same_v<typename Batch::value_type, float>) {
+    using half = xsimd::batch<float, xsimd::avx2>;
+    half low[8], high[8];
+    auto fold = [](const __m512 v) {
+      return _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+    };
+    for (int q = 0; q < 8; ++q) {
+      low[q] = fold(acc[q]);
+      high[q] = fold(acc[q + 8]);
+    }
+    const __m256 sums_low = xsimd::haddp(low), sums_high = xsimd::haddp(high);
+    return _mm512_castpd_ps(
+        _mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(sums_low)), _mm256_castps_pd(sums_high), 1));
+  }
+#endif
+  return xsimd::haddp(acc);
+}
+
 /// Token-at-a-time kernel on the state in its own layout (row = value index). Used for
 /// `step` and short sequences. Per block of L rows: one pass forms u = S a for the L rows,
 /// a second pass updates them and forms y; the L horizontal sums of each pass are done
@@ -24,7 +49,7 @@ class simd_row_unit {
   static constexpr int L = static_cast<int>(batch::size);
 
  public:
-  simd_row_unit(const problem<T, float>& p, const unit& u)
+  simd_row_unit(const problem<T, float>& p, const unit& u, float* /*scratch: none*/)
       : p_(p), u_(u), load_(p, u.b, u.h), s_(p.state.at(u.b, u.h)) {}
 
   void token(index_t t) {
@@ -41,7 +66,7 @@ class simd_row_unit {
         const batch a = batch::load_unaligned(x.a + j);
         for (int q = 0; q < L; ++q) acc[q] = xsimd::fma(batch::load_unaligned(block + q * n + j), a, acc[q]);
       }
-      xsimd::haddp(acc).store_aligned(removal);
+      lane_sums(acc).store_aligned(removal);
       if (saved_removal) std::copy_n(removal, L, saved_removal + i0);
       // Columns outer, rows inner: the key-axis vectors are loaded once for the L rows.
       batch u[L], v[L];
@@ -58,7 +83,7 @@ class simd_row_unit {
           acc[q] = xsimd::fma(s, r, acc[q]);
         }
       }
-      xsimd::haddp(acc).store_unaligned(y + i0);
+      lane_sums(acc).store_unaligned(y + i0);
     }
     load_.commit_y(t, u_.row0, u_.row1);
   }
@@ -86,9 +111,14 @@ class simd_transposed_unit {
   static constexpr int RB = 4;
 
  public:
-  simd_transposed_unit(const problem<T, float>& p, const unit& u)
-      : p_(p), u_(u), load_(p, u.b, u.h), s_(p.state.at(u.b, u.h)), rows_(u.row1 - u.row0),
-        work_(static_cast<std::size_t>(rows_) * p.n), removal_(make_scratch<float, N, 1>(p.n)),
+  /// The transposed rows, then u of the state's n rows (the unit uses its own rows of it).
+  static std::size_t scratch_size(const problem<T, float>& p, const unit& u) {
+    return static_cast<std::size_t>(u.row1 - u.row0 + 1) * p.n;
+  }
+
+  simd_transposed_unit(const problem<T, float>& p, const unit& u, float* scratch)
+      : p_(p), u_(u), load_(p, u.b, u.h), s_(p.state.at(u.b, u.h)), rows_(u.row1 - u.row0), work_(scratch),
+        removal_(scratch + static_cast<std::size_t>(rows_) * p.n),
         stream_y_(std::is_same_v<T, float> && p.y.size() * sizeof(float) >= stream_min_bytes) {
     const int n = head_size<N>(p_.n).value();
     for (int i = 0; i < rows_; ++i)
@@ -98,7 +128,7 @@ class simd_transposed_unit {
     for (int i = 0; i < rows_; i += L) {
       batch acc(0.f);
       for (int j = 0; j < n; ++j) acc = xsimd::fma(batch::load_unaligned(column(j) + i), batch(a[j]), acc);
-      acc.store_unaligned(removal_.data() + u_.row0 + i);
+      acc.store_unaligned(removal_ + u_.row0 + i);
     }
   }
 
@@ -108,7 +138,7 @@ class simd_transposed_unit {
     const float* a_next = t + 1 < p_.tokens ? load_.load_a_ahead(t + 1) : x.a;
     float* y = load_.y_target(t);
     if (float* saved = p_.removal_target(u_.b, t, u_.h))  // u_t, formed during the previous token
-      std::copy(removal_.data() + u_.row0, removal_.data() + u_.row1, saved + u_.row0);
+      copy_floats(removal_ + u_.row0, saved + u_.row0, rows_);
     int i = u_.row0;
     for (; i + RB * L <= u_.row1; i += RB * L) rows<RB>(i, x, a_next, y);
     for (; i < u_.row1; i += L) rows<1>(i, x, a_next, y);
@@ -116,11 +146,16 @@ class simd_transposed_unit {
   }
 
   /// Writes the unit's rows of the current state into the transposed n x n `dst`: the
-  /// private copy already has that layout, one contiguous run per column.
+  /// private copy already has that layout, one contiguous run per column (one run in all
+  /// when the unit has every row).
   void store(float* dst) const {
     const int n = head_size<N>(p_.n).value();
+    if (rows_ == n) {
+      copy_floats(work_, dst, static_cast<std::size_t>(n) * n);
+      return;
+    }
     for (int j = 0; j < n; ++j)
-      std::copy_n(work_.data() + static_cast<std::size_t>(j) * rows_, rows_, dst + static_cast<index_t>(j) * n + u_.row0);
+      copy_floats(work_ + static_cast<std::size_t>(j) * rows_, dst + static_cast<index_t>(j) * n + u_.row0, rows_);
   }
 
   /// Writes the unit's rows back into the caller's state.
@@ -134,12 +169,12 @@ class simd_transposed_unit {
   }
 
  private:
-  float* column(int j) { return work_.data() + static_cast<std::size_t>(j) * rows_; }
+  float* column(int j) { return work_ + static_cast<std::size_t>(j) * rows_; }
 
   template <int R>
   void rows(int i0, const typename token_loader<T, float, N>::token& x, const float* a_next, float* y) {
     const int n = head_size<N>(p_.n).value();
-    float* removal = removal_.data();
+    float* removal = removal_;
     batch u[R], v[R], out[R], next[R];
     for (int q = 0; q < R; ++q) {
       u[q] = batch::load_unaligned(removal + i0 + q * L);
@@ -165,6 +200,13 @@ class simd_transposed_unit {
     }
   }
 
+  /// A copy inlined here: `std::copy` of a few hundred bytes is a library call, which at
+  /// every token or column costs more than the copy. `count` is a multiple of L (rows come
+  /// in vectors).
+  static void copy_floats(const float* from, float* to, std::size_t count) {
+    for (std::size_t i = 0; i < count; i += L) batch::load_unaligned(from + i).store_unaligned(to + i);
+  }
+
   /// An output larger than this goes around the caches (non-temporal stores): when two
   /// threads write neighbouring heads' pieces of every token's y row through the caches,
   /// the cores' traffic on those lines costs up to a third of the two-thread speed-up
@@ -174,9 +216,9 @@ class simd_transposed_unit {
 
   void store_y(const batch& v, float* dst) const {
 #if defined(__AVX__)
-    if constexpr (sizeof(batch) == 32) {
-      const auto address = reinterpret_cast<std::uintptr_t>(dst);
-      if (stream_y_ && address % 16 == 0) {  // malloc'ed buffers are 16-byte aligned
+    const auto address = reinterpret_cast<std::uintptr_t>(dst);
+    if (stream_y_ && address % 16 == 0) {  // malloc'ed buffers are 16-byte aligned
+      if constexpr (sizeof(batch) == 32) {
         const __m256 x = v;
         if (address % 32 == 0) {
           _mm256_stream_ps(dst, x);
@@ -186,6 +228,20 @@ class simd_transposed_unit {
         }
         return;
       }
+#if defined(__AVX512F__)
+      if constexpr (sizeof(batch) == 64) {
+        const __m512 x = v;
+        if (address % 64 == 0) {
+          _mm512_stream_ps(dst, x);
+        } else {
+          _mm_stream_ps(dst, _mm512_extractf32x4_ps(x, 0));
+          _mm_stream_ps(dst + 4, _mm512_extractf32x4_ps(x, 1));
+          _mm_stream_ps(dst + 8, _mm512_extractf32x4_ps(x, 2));
+          _mm_stream_ps(dst + 12, _mm512_extractf32x4_ps(x, 3));
+        }
+        return;
+      }
+#endif
     }
 #endif
     v.store_unaligned(dst);
@@ -196,8 +252,8 @@ class simd_transposed_unit {
   token_loader<T, float, N> load_;
   float* s_;
   int rows_;
-  std::vector<float> work_;
-  scratch<float, N, 1> removal_;
+  float* work_;     // the unit's rows, transposed: column j at work_ + j * rows_
+  float* removal_;  // u, indexed by state row
   bool stream_y_;  // y is the caller's float output and larger than the caches
 };
 
