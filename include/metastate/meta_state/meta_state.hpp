@@ -33,7 +33,7 @@ struct workspace {
 /// The block length of the record the model asks `wkv7::sequence` for and `encode_recorded`
 /// reads (docs/PERFORMANCE.md: the measured trade between recording states and the encoder's
 /// per-block work).
-inline constexpr index_t record_every = 8;
+inline constexpr index_t record_every = 16;
 
 /// The longest block `encode_recorded` takes (its per-block work grows with the block).
 inline constexpr index_t max_every = 64;
@@ -183,7 +183,9 @@ void encode_recorded(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, s
     throw shape_error(std::string(context) + ": a record every " + std::to_string(every) +
                       " tokens; the encoder takes at most " + std::to_string(max_every));
   using batch = xsimd::batch<S, backend::default_simd_arch>;
-  constexpr index_t L = static_cast<index_t>(batch::size), TT = 4, CV = 4;
+  // The β, κ dot products go G at a time (G = the narrow lane count: a block has few tokens).
+  using dot_batch = xsimd::batch<S, backend::narrow_simd_arch>;
+  constexpr index_t L = static_cast<index_t>(batch::size), G = static_cast<index_t>(dot_batch::size), TT = 4, CV = 4;
   const index_t blocks = (T_ + every - 1) / every, units = B * blocks;
   if (units == 0) return;
   int threads = resolve_threads(opt.exec);
@@ -191,9 +193,9 @@ void encode_recorded(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, s
   threads = static_cast<int>(std::min<index_t>(threads, units));
   // Channels padded with zeros to whole vectors (decays with ones); rows of the product:
   // S_cᵀ for the padded channels (a zero row past n), then u_τ, v_τ interleaved.
-  const index_t np = (n + L - 1) / L * L, groups = (every + L - 1) / L, inner = np + 2 * every;
+  const index_t np = (n + L - 1) / L * L, groups = (every + G - 1) / G, inner = np + 2 * every;
   // Per thread: w, b, k, x̃ and b/P, k/P of a block (padded), v, P, [x̂ β κ], e, a zero row.
-  const index_t scratch = 4 * every * np + 2 * groups * L * np + every * n + np + every * inner + every * n + n;
+  const index_t scratch = 4 * every * np + 2 * groups * G * np + every * n + np + every * inner + every * n + n;
   ws.encoder.assign(static_cast<std::size_t>(threads * scratch), S(0));  // the zero rows
   ws.encoder_rows.resize(static_cast<std::size_t>(threads * inner));
   const bool log_decay = opt.decay == wkv7::decay_input::log_w;
@@ -215,7 +217,7 @@ void encode_recorded(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, s
     const index_t nn = n, npad = np, b = unit / blocks, block = unit % blocks, c = block * every,
                   m = std::min(every, T_ - c);
     S *w = buffer, *bk = w + every * npad, *kk = bk + every * npad, *xq = kk + every * npad,
-      *bh = xq + every * npad, *kh = bh + groups * L * npad, *v = kh + groups * L * npad, *P = v + every * nn,
+      *bh = xq + every * npad, *kh = bh + groups * G * npad, *v = kh + groups * G * npad, *P = v + every * nn,
       *z = P + npad, *out = z + every * inner, *zero_row = out + every * nn;
     auto row = [npad](S* base, index_t tau) { return base + tau * npad; };
     for (index_t h = 0; h < H; ++h) {
@@ -247,7 +249,7 @@ void encode_recorded(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, s
           }
         }
       }
-      for (index_t tau = m - 1; tau < groups * L; ++tau)  // unused lanes of the last group: finite
+      for (index_t tau = m - 1; tau < groups * G; ++tau)  // unused lanes of the last group: finite
         for (index_t j = 0; j < npad; ++j) row(bh, tau)[j] = row(kh, tau)[j] = S(0);
       alignas(64) S lanes[L];
       smallest.store_aligned(lanes);
@@ -255,23 +257,23 @@ void encode_recorded(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, s
       for (index_t t = 0; t < m; ++t) {
         S* zt = z + t * inner;
         if (divided) {
-          // β_tτ, κ_tτ for τ < t: L of each at a time, reduced together.
-          alignas(64) S sums[2 * L];
-          for (index_t g = 0; g * L < t; ++g) {
-            batch acc_b[L], acc_k[L];
-            for (index_t q = 0; q < L; ++q) acc_b[q] = acc_k[q] = batch(S(0));
-            for (index_t j = 0; j < npad; j += L) {
-              const batch xj = batch::load_unaligned(zt + j);
-              for (index_t q = 0; q < L; ++q) {
-                acc_b[q] = xsimd::fma(batch::load_unaligned(row(bh, g * L + q) + j), xj, acc_b[q]);
-                acc_k[q] = xsimd::fma(batch::load_unaligned(row(kh, g * L + q) + j), xj, acc_k[q]);
+          // β_tτ, κ_tτ for τ < t: G of each at a time, reduced together.
+          alignas(64) S sums[2 * G];
+          for (index_t g = 0; g * G < t; ++g) {
+            dot_batch acc_b[G], acc_k[G];
+            for (index_t q = 0; q < G; ++q) acc_b[q] = acc_k[q] = dot_batch(S(0));
+            for (index_t j = 0; j < npad; j += G) {
+              const dot_batch xj = dot_batch::load_unaligned(zt + j);
+              for (index_t q = 0; q < G; ++q) {
+                acc_b[q] = xsimd::fma(dot_batch::load_unaligned(row(bh, g * G + q) + j), xj, acc_b[q]);
+                acc_k[q] = xsimd::fma(dot_batch::load_unaligned(row(kh, g * G + q) + j), xj, acc_k[q]);
               }
             }
             wkv7::detail::lane_sums(acc_b).store_aligned(sums);
-            wkv7::detail::lane_sums(acc_k).store_aligned(sums + L);
-            for (index_t q = 0; q < L && g * L + q < t; ++q) {
-              zt[npad + 2 * (g * L + q)] = sums[q];
-              zt[npad + 2 * (g * L + q) + 1] = sums[L + q];
+            wkv7::detail::lane_sums(acc_k).store_aligned(sums + G);
+            for (index_t q = 0; q < G && g * G + q < t; ++q) {
+              zt[npad + 2 * (g * G + q)] = sums[q];
+              zt[npad + 2 * (g * G + q) + 1] = sums[G + q];
             }
           }
           batch db(S(0)), dk(S(0));  // the diagonal: no decay

@@ -22,18 +22,19 @@ template <class Batch>
 Batch lane_sums(const Batch* acc) {
 #if XSIMD_WITH_AVX512F
   if constexpr (Batch::size == 16 && std::is_same_v<typename Batch::value_type, float>) {
+    // Through memory: GCC 12's 512-bit extract/insert intrinsics raise -Wuninitialized.
     using half = xsimd::batch<float, xsimd::avx2>;
+    alignas(64) float lanes[16];
     half low[8], high[8];
-    auto fold = [](const __m512 v) {
-      return _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
-    };
     for (int q = 0; q < 8; ++q) {
-      low[q] = fold(acc[q]);
-      high[q] = fold(acc[q + 8]);
+      acc[q].store_aligned(lanes);
+      low[q] = half::load_aligned(lanes) + half::load_aligned(lanes + 8);
+      acc[q + 8].store_aligned(lanes);
+      high[q] = half::load_aligned(lanes) + half::load_aligned(lanes + 8);
     }
-    const __m256 sums_low = xsimd::haddp(low), sums_high = xsimd::haddp(high);
-    return _mm512_castpd_ps(
-        _mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(sums_low)), _mm256_castps_pd(sums_high), 1));
+    xsimd::haddp(low).store_aligned(lanes);
+    xsimd::haddp(high).store_aligned(lanes + 8);
+    return Batch::load_aligned(lanes);
   }
 #endif
   return xsimd::haddp(acc);
