@@ -167,14 +167,19 @@ A* thread_arena(std::size_t count) {
   return arena.data();
 }
 
+/// Tokens a thread runs on one unit before moving to its next unit, when the call's inputs
+/// are at most `blocked_max_input_bytes` (docs/PERFORMANCE.md).
+inline constexpr index_t token_block = 16;
+inline constexpr double blocked_max_input_bytes = 8 << 20;
+
 /// Below this many state-element updates (about 30 us of work) a call runs on one thread:
 /// forking and joining a team costs several microseconds (measured: a 12-head step took
 /// 6 us on one thread and 12 us on two).
 inline constexpr double parallel_min_updates = 1 << 18;
 
 /// Runs `Unit` kernels over batch x heads (and, when those are fewer than the threads, over
-/// row blocks of `granularity` rows: rows are independent). Each thread keeps the tokens
-/// loop outermost over its units: the [B,T,H,N] inputs of one token are then contiguous.
+/// row blocks of `granularity` rows: rows are independent). Each thread runs its units over
+/// one block of `token_block` tokens after another.
 /// A unit is constructed (with its scratch) before its first token and `finish`ed after its
 /// last; where a record asks for the state, `store` writes the unit's rows of it (transposed).
 template <class Unit, class T, class A>
@@ -195,6 +200,7 @@ void run_units(const problem<T, A>& p, const exec_policy& policy, int granularit
     return unit{item / p.heads, item % p.heads, part * rows_per_part, std::min(p.n, (part + 1) * rows_per_part)};
   };
   const index_t state_size = static_cast<index_t>(p.n) * p.n;
+  const double input_bytes = 6.0 * sizeof(T) * p.in.r.size();
   auto token = [&](Unit& k, index_t u, index_t t) {
     if (p.every > 0 && t % p.every == 0)
       k.store(p.saved_states + (t / p.every) * items * state_size + (u / parts) * state_size);
@@ -220,8 +226,15 @@ void run_units(const problem<T, A>& p, const exec_policy& policy, int granularit
         mine.emplace_back(p, at, scratch);
         scratch += unit_scratch_size<Unit>(p, at, 0);
       }
-      for (index_t t = 0; t < p.tokens; ++t)
-        for (index_t u = first; u < last; ++u) token(mine[static_cast<std::size_t>(u - first)], u, t);
+      // Blocks of tokens, units inside, tokens innermost: a unit's state stays in L1 for a
+      // block instead of being swept from L2 at every token. Inputs larger than the caches
+      // are read token by token instead (block = 1): whole rows in order, which the hardware
+      // prefetchers follow; one head's slices of a block's rows, they do not.
+      const index_t block = input_bytes <= blocked_max_input_bytes ? token_block : 1;
+      for (index_t t0 = 0; t0 < p.tokens; t0 += block)
+        for (index_t u = first; u < last; ++u)
+          for (index_t t = t0; t < std::min(t0 + block, p.tokens); ++t)
+            token(mine[static_cast<std::size_t>(u - first)], u, t);
       for (auto& k : mine) k.finish();
     }
   };

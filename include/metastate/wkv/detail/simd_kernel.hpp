@@ -142,6 +142,8 @@ class simd_transposed_unit {
       copy_floats(removal_ + u_.row0, saved + u_.row0, rows_);
     int i = u_.row0;
     for (; i + RB * L <= u_.row1; i += RB * L) rows<RB>(i, x, a_next, y);
+    // Two threads splitting a state's 64 rows get 32 each: two 16-lane vectors.
+    for (; i + 2 * L <= u_.row1; i += 2 * L) rows<2>(i, x, a_next, y);
     for (; i < u_.row1; i += L) rows<1>(i, x, a_next, y);
     load_.commit_y(t, u_.row0, u_.row1);
   }
