@@ -16,25 +16,29 @@ namespace metastate::wkv7::detail {
 
 /// out[q] = the sum of the lanes of acc[q], for the batch's lane count of rows: xsimd::haddp,
 /// except for 16-lane float, where xsimd 8's haddp returns the sums in a permuted order
-/// (rows 2-3 and 4-5, 10-11 and 12-13 swapped; the tests catch it): there each row is first
-/// folded to 8 lanes and the 8-lane haddp does the rest.
+/// (rows 2-3 and 4-5, 10-11 and 12-13 swapped; the tests catch it). There a butterfly of
+/// two-vector shuffles (GCC's 512-bit extract intrinsics raise -Wuninitialized in GCC 12)
+/// halves the lanes per row four times, each level adding pairs of rows' halves.
 template <class Batch>
 Batch lane_sums(const Batch* acc) {
 #if XSIMD_WITH_AVX512F
   if constexpr (Batch::size == 16 && std::is_same_v<typename Batch::value_type, float>) {
-    // Through memory: GCC 12's 512-bit extract/insert intrinsics raise -Wuninitialized.
-    using half = xsimd::batch<float, xsimd::avx2>;
-    alignas(64) float lanes[16];
-    half low[8], high[8];
-    for (int q = 0; q < 8; ++q) {
-      acc[q].store_aligned(lanes);
-      low[q] = half::load_aligned(lanes) + half::load_aligned(lanes + 8);
-      acc[q + 8].store_aligned(lanes);
-      high[q] = half::load_aligned(lanes) + half::load_aligned(lanes + 8);
+    using v16 = float __attribute__((vector_size(64)));
+    v16 c[8], d[4], e[2];
+    for (int q = 0; q < 8; ++q) {  // lanes: row q (8), row q + 8 (8)
+      const v16 x = static_cast<__m512>(acc[q]), y = static_cast<__m512>(acc[q + 8]);
+      c[q] = __builtin_shufflevector(x, y, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+             __builtin_shufflevector(x, y, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
     }
-    xsimd::haddp(low).store_aligned(lanes);
-    xsimd::haddp(high).store_aligned(lanes + 8);
-    return Batch::load_aligned(lanes);
+    for (int q = 0; q < 4; ++q)  // rows q, q + 4, q + 8, q + 12 (4 each)
+      d[q] = __builtin_shufflevector(c[q], c[q + 4], 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27) +
+             __builtin_shufflevector(c[q], c[q + 4], 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31);
+    for (int q = 0; q < 2; ++q)  // rows q, q + 2, q + 4, ... (2 each)
+      e[q] = __builtin_shufflevector(d[q], d[q + 2], 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29) +
+             __builtin_shufflevector(d[q], d[q + 2], 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
+    return static_cast<__m512>(
+        __builtin_shufflevector(e[0], e[1], 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30) +
+        __builtin_shufflevector(e[0], e[1], 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31));
   }
 #endif
   return xsimd::haddp(acc);
@@ -69,17 +73,19 @@ class simd_row_unit {
       }
       lane_sums(acc).store_aligned(removal);
       if (saved_removal) std::copy_n(removal, L, saved_removal + i0);
-      // Columns outer, rows inner: the key-axis vectors are loaded once for the L rows.
-      batch u[L], v[L];
-      for (int q = 0; q < L; ++q) u[q] = batch(removal[q]), v[q] = batch(x.v[i0 + q]), acc[q] = batch(0.f);
+      // Columns outer, rows inner: the key-axis vectors are loaded once for the L rows. The
+      // row scalars u_q, v_q are broadcast inside the loop (memory operands of the FMAs):
+      // held as L vectors each, they would not fit the registers beside the L sums at 16 lanes.
+      for (int q = 0; q < L; ++q) acc[q] = batch(0.f);
+      const float* v_rows = x.v + i0;
       for (int j = 0; j < n; j += L) {
         const batch w = batch::load_unaligned(x.w + j), b = batch::load_unaligned(x.b + j),
                     k = batch::load_unaligned(x.k + j), r = batch::load_unaligned(x.r + j);
         for (int q = 0; q < L; ++q) {
           float* cell = block + q * n + j;
           batch s = batch::load_unaligned(cell) * w;
-          s = xsimd::fma(u[q], b, s);
-          s = xsimd::fma(v[q], k, s);
+          s = xsimd::fma(batch(removal[q]), b, s);
+          s = xsimd::fma(batch(v_rows[q]), k, s);
           s.store_unaligned(cell);
           acc[q] = xsimd::fma(s, r, acc[q]);
         }
