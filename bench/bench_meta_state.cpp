@@ -1,6 +1,6 @@
-// Meta-State op benchmarks (encoder + evolution + readout), named and counted like the WKV-7
-// ones so the two compare per token and head; and model-level prefill/decode of a Meta-State
-// model beside the RWKV-7 model of the same size.
+// Meta-State op benchmarks: a layer's recurrent work chunk by chunk beside the WKV-7 op alone
+// (counted like the WKV-7 benchmarks, so the two compare per token and head), and one
+// decoding step. (The Meta-State model's prefill and decode are in bench_model.cpp.)
 #include <metastate/metastate.hpp>
 
 #include <algorithm>

@@ -27,11 +27,17 @@ inline int resolve_threads(const exec_policy& policy) {
 #endif
 }
 
-inline int thread_index() {
+/// Runs `work(thread)` for thread = 0 .. threads − 1, in one parallel region (none for one
+/// thread: even a one-thread region costs about a microsecond).
+template <class Work>
+void run_threads(int threads, Work&& work) {
+  if (threads == 1) {
+    work(0);
+    return;
+  }
 #if METASTATE_HAS_OPENMP
-  return omp_get_thread_num();
-#else
-  return 0;
+#pragma omp parallel num_threads(threads)
+  work(omp_get_thread_num());
 #endif
 }
 

@@ -336,14 +336,7 @@ void encode_recorded(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, s
     const S** rows = ws.encoder_rows.data() + tid * inner;
     for (index_t u = units * tid / threads; u < units * (tid + 1) / threads; ++u) run_unit(u, buffer, rows);
   };
-  if (threads == 1) {
-    run_thread(0);
-    return;
-  }
-#if METASTATE_HAS_OPENMP
-#pragma omp parallel num_threads(threads)
-  run_thread(thread_index());
-#endif
+  run_threads(threads, run_thread);
 }
 
 /// Evolution and readout over T tokens: M [B,H,n,n] holds M_0 on entry and M_T on return;

@@ -238,15 +238,7 @@ void run_units(const problem<T, A>& p, const exec_policy& policy, int granularit
       for (auto& k : mine) k.finish();
     }
   };
-  // Even a one-thread parallel region costs about a microsecond: skip it for one thread.
-  if (threads == 1) {
-    run_thread(0);
-    return;
-  }
-#if METASTATE_HAS_OPENMP
-#pragma omp parallel num_threads(threads)
-  run_thread(thread_index());
-#endif
+  run_threads(threads, run_thread);
 }
 
 }  // namespace metastate::wkv7::detail
