@@ -195,7 +195,7 @@ void encode_recorded(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, s
   // S_cᵀ for the padded channels (a zero row past n), then u_τ, v_τ interleaved.
   const index_t np = (n + L - 1) / L * L, groups = (every + G - 1) / G, inner = np + 2 * every;
   // Per thread: w, b, k, x̃ and b/P, k/P of a block (padded), v, P, [x̂ β κ], e, a zero row.
-  const index_t scratch = 4 * every * np + 2 * groups * G * np + every * n + np + every * inner + every * n + n;
+  const index_t scratch = 5 * every * np + 2 * groups * G * np + np + every * inner + every * n + n;
   ws.encoder.assign(static_cast<std::size_t>(threads * scratch), S(0));  // the zero rows
   ws.encoder_rows.resize(static_cast<std::size_t>(threads * inner));
   const bool log_decay = opt.decay == wkv7::decay_input::log_w;
@@ -217,7 +217,7 @@ void encode_recorded(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, s
     const index_t nn = n, npad = np, b = unit / blocks, block = unit % blocks, c = block * every,
                   m = std::min(every, T_ - c);
     S *w = buffer, *bk = w + every * npad, *kk = bk + every * npad, *xq = kk + every * npad,
-      *bh = xq + every * npad, *kh = bh + groups * G * npad, *v = kh + groups * G * npad, *P = v + every * nn,
+      *bh = xq + every * npad, *kh = bh + groups * G * npad, *v = kh + groups * G * npad, *P = v + every * npad,
       *z = P + npad, *out = z + every * inner, *zero_row = out + every * nn;
     auto row = [npad](S* base, index_t tau) { return base + tau * npad; };
     for (index_t h = 0; h < H; ++h) {
@@ -230,7 +230,7 @@ void encode_recorded(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, s
         br[tau] = as_accum(wkv.b.at(b, t, h), row(bk, tau), false, S(0));
         kr[tau] = as_accum(wkv.k.at(b, t, h), row(kk, tau), false, S(0));
         xr[tau] = as_accum(x.at(b, t, h), row(xq, tau), false, S(0));
-        vr[tau] = as_accum(wkv.v.at(b, t, h), v + tau * nn, false, S(0));
+        vr[tau] = as_accum(wkv.v.at(b, t, h), row(v, tau), false, S(0));
       }
       // P_t, x̂_t, and b/P, k/P of every token but the last; the smallest P decides the path.
       batch smallest(S(1));
