@@ -6,6 +6,9 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <string_view>
+
+#include "metastate/core/config.hpp"
 
 namespace metastate {
 
@@ -41,17 +44,23 @@ std::string shape_string(const Range& shape) {
   return out.str();
 }
 
+[[noreturn]] METASTATE_COLD inline void throw_shape_mismatch(const char* context, std::string_view name,
+                                                            const std::string& found, const std::string& expected) {
+  throw shape_error(std::string(context) + ": tensor '" + std::string(name) + "' has shape " + found + ", expected " +
+                    expected);
+}
+
 /// Throws shape_error "<context>: tensor '<name>' has shape [..], expected [..]" when they differ.
+/// The comparison is inlined; building the message is kept out of the callers' hot paths
+/// (a single-token step checks eight shapes).
 template <class A, class B>
-void expect_shape(const char* context, const std::string& name, const A& found, const B& expected) {
+inline void expect_shape(const char* context, std::string_view name, const A& found, const B& expected) {
   bool same = std::size(found) == std::size(expected);
   if (same) {
     auto e = std::begin(expected);
     for (auto f : found) same = same && static_cast<long long>(f) == static_cast<long long>(*e++);
   }
-  if (!same)
-    throw shape_error(std::string(context) + ": tensor '" + name + "' has shape " + shape_string(found) +
-                      ", expected " + shape_string(expected));
+  if (!same) throw_shape_mismatch(context, name, shape_string(found), shape_string(expected));
 }
 
 }  // namespace metastate

@@ -59,14 +59,6 @@ void store_transposed(const A* state, A* dst, int row0, int row1, int n) {
 template <class A, int N, int Count>
 using scratch = std::conditional_t<N == dynamic, std::vector<A>, std::array<A, (N == dynamic ? 1 : N * Count)>>;
 
-template <class A, int N, int Count>
-scratch<A, N, Count> make_scratch(int n) {
-  if constexpr (N == dynamic)
-    return std::vector<A>(static_cast<std::size_t>(n) * Count);
-  else
-    return {};
-}
-
 /// Gives a unit the accumulate-type pointers of one token of one (batch, head): the storage
 /// itself when it already is the accumulate type, else a converted copy (also `exp(λ)`).
 template <class T, class A, int N>
@@ -78,9 +70,12 @@ class token_loader {
     const A *r, *w, *k, *v, *a, *b;
   };
 
-  // A dynamic head size allocates its buffer only when something must be converted.
-  token_loader(const problem<T, A>& p, index_t b, index_t h)
-      : p_(p), b_(b), h_(h), n_(p.n), buf_(make_scratch<A, N, 8>(direct && p.decay == decay_input::w ? 0 : p.n)) {}
+  // A dynamic head size allocates its buffer only when something must be converted; a
+  // static one is left uninitialised (every slot is written before it is read).
+  token_loader(const problem<T, A>& p, index_t b, index_t h) : p_(p), b_(b), h_(h), n_(p.n) {
+    if constexpr (N == dynamic)
+      if (!direct || p.decay != decay_input::w) buf_.resize(static_cast<std::size_t>(n_) * 8);
+  }
 
   int n() const { return n_; }
 

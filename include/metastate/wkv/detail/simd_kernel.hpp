@@ -19,8 +19,10 @@ namespace metastate::wkv7::detail {
 /// (rows 2-3 and 4-5, 10-11 and 12-13 swapped; the tests catch it). There a butterfly of
 /// two-vector shuffles (GCC's 512-bit extract intrinsics raise -Wuninitialized in GCC 12)
 /// halves the lanes per row four times, each level adding pairs of rows' halves.
+/// Always inlined: called out of line, it takes the sums' address and keeps the caller's
+/// accumulators in memory (a load and a store per FMA in the step kernel).
 template <class Batch>
-Batch lane_sums(const Batch* acc) {
+METASTATE_ALWAYS_INLINE Batch lane_sums(const Batch* acc) {
 #if XSIMD_WITH_AVX512F
   if constexpr (Batch::size == 16 && std::is_same_v<typename Batch::value_type, float>) {
     using v16 = float __attribute__((vector_size(64)));
@@ -47,7 +49,8 @@ Batch lane_sums(const Batch* acc) {
 /// Token-at-a-time kernel on the state in its own layout (row = value index). Used for
 /// `step` and short sequences. Per block of L rows: one pass forms u = S a for the L rows,
 /// a second pass updates them and forms y; the L horizontal sums of each pass are done
-/// together by one `haddp`.
+/// together by one `lane_sums`. (Forming the next block's u before updating this one, to
+/// overlap the sums with FMAs, measured no faster.)
 template <class Arch, class T, int N>
 class simd_row_unit {
   using batch = xsimd::batch<float, Arch>;
@@ -58,39 +61,13 @@ class simd_row_unit {
       : p_(p), u_(u), load_(p, u.b, u.h), s_(p.state.at(u.b, u.h)) {}
 
   void token(index_t t) {
-    const int n = head_size<N>(p_.n).value();
     const auto x = load_.load(t);
     float* y = load_.y_target(t);
     float* saved_removal = p_.removal_target(u_.b, t, u_.h);
     alignas(64) float removal[L];
-    batch acc[L];
     for (int i0 = u_.row0; i0 < u_.row1; i0 += L) {
-      float* block = s_ + static_cast<index_t>(i0) * n;
-      for (int q = 0; q < L; ++q) acc[q] = batch(0.f);
-      for (int j = 0; j < n; j += L) {
-        const batch a = batch::load_unaligned(x.a + j);
-        for (int q = 0; q < L; ++q) acc[q] = xsimd::fma(batch::load_unaligned(block + q * n + j), a, acc[q]);
-      }
-      lane_sums(acc).store_aligned(removal);
-      if (saved_removal) std::copy_n(removal, L, saved_removal + i0);
-      // Columns outer, rows inner: the key-axis vectors are loaded once for the L rows. The
-      // row scalars u_q, v_q are broadcast inside the loop (memory operands of the FMAs):
-      // held as L vectors each, they would not fit the registers beside the L sums at 16 lanes.
-      for (int q = 0; q < L; ++q) acc[q] = batch(0.f);
-      const float* v_rows = x.v + i0;
-      for (int j = 0; j < n; j += L) {
-        const batch w = batch::load_unaligned(x.w + j), b = batch::load_unaligned(x.b + j),
-                    k = batch::load_unaligned(x.k + j), r = batch::load_unaligned(x.r + j);
-        for (int q = 0; q < L; ++q) {
-          float* cell = block + q * n + j;
-          batch s = batch::load_unaligned(cell) * w;
-          s = xsimd::fma(batch(removal[q]), b, s);
-          s = xsimd::fma(batch(v_rows[q]), k, s);
-          s.store_unaligned(cell);
-          acc[q] = xsimd::fma(s, r, acc[q]);
-        }
-      }
-      lane_sums(acc).store_unaligned(y + i0);
+      removal_of(x, i0, removal, saved_removal);
+      update(x, i0, removal, y);
     }
     load_.commit_y(t, u_.row0, u_.row1);
   }
@@ -99,6 +76,51 @@ class simd_row_unit {
   void store(float* dst) const { store_transposed(s_, dst, u_.row0, u_.row1, p_.n); }
 
  private:
+  using token_inputs = typename token_loader<T, float, N>::token;
+
+  /// u of the L rows from i0: each row read in address order. The row loops are unrolled
+  /// so the L sums live in registers.
+  void removal_of(const token_inputs& x, int i0, float* removal, float* saved_removal) {
+    const int n = head_size<N>(p_.n).value();
+    const float* block = s_ + static_cast<index_t>(i0) * n;
+    batch acc[L];
+#pragma GCC unroll 16
+    for (int q = 0; q < L; ++q) {
+      const float* row = block + q * n;
+      acc[q] = batch::load_unaligned(row) * batch::load_unaligned(x.a);
+      for (int j = L; j < n; j += L)
+        acc[q] = xsimd::fma(batch::load_unaligned(row + j), batch::load_unaligned(x.a + j), acc[q]);
+    }
+    lane_sums(acc).store_aligned(removal);
+    if (saved_removal) std::copy_n(removal, L, saved_removal + i0);
+  }
+
+  /// Updates the L rows from i0 and writes their y. Columns outer, rows inner: the key-axis
+  /// vectors are loaded once for the L rows. The row scalars u_q, v_q are broadcast inside
+  /// the loop (memory operands of the FMAs): held as L vectors each, they would not fit the
+  /// registers beside the L sums at 16 lanes.
+  void update(const token_inputs& x, int i0, const float* removal, float* y) {
+    const int n = head_size<N>(p_.n).value();
+    float* block = s_ + static_cast<index_t>(i0) * n;
+    const float* v_rows = x.v + i0;
+    batch acc[L];
+    for (int q = 0; q < L; ++q) acc[q] = batch(0.f);
+    for (int j = 0; j < n; j += L) {
+      const batch w = batch::load_unaligned(x.w + j), b = batch::load_unaligned(x.b + j),
+                  k = batch::load_unaligned(x.k + j), r = batch::load_unaligned(x.r + j);
+#pragma GCC unroll 16
+      for (int q = 0; q < L; ++q) {
+        float* cell = block + q * n + j;
+        batch s = batch::load_unaligned(cell) * w;
+        s = xsimd::fma(batch(removal[q]), b, s);
+        s = xsimd::fma(batch(v_rows[q]), k, s);
+        s.store_unaligned(cell);
+        acc[q] = xsimd::fma(s, r, acc[q]);
+      }
+    }
+    lane_sums(acc).store_unaligned(y + i0);
+  }
+
   const problem<T, float>& p_;
   unit u_;
   token_loader<T, float, N> load_;
