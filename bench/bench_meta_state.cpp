@@ -25,9 +25,9 @@ template <int N, class Backend>
 void layer_chunks(benchmark::State& st, int H, int T, int chunk, int every, bool meta, int threads) {
   workload x(T, H, 64);
   // Outputs per chunk, reused as the model's workspace is.
-  std::vector<float> y(std::size_t(chunk) * H * 64), e(y.size()), o(y.size()), m(x.state.size(), 0.0f),
+  ms::aligned_vector<float> y(std::size_t(chunk) * H * 64), e(y.size()), o(y.size()), m(x.state.size(), 0.0f),
       start(x.state.size());
-  std::vector<float> states(std::size_t(ms::wkv7::recorded_states(chunk, every)) * x.state.size()),
+  ms::aligned_vector<float> states(std::size_t(ms::wkv7::recorded_states(chunk, every)) * x.state.size()),
       removal(std::size_t(chunk) * H * 64);
   ms::meta_state::workspace<float> ws;
   ms::wkv7::options opt;
@@ -36,10 +36,10 @@ void layer_chunks(benchmark::State& st, int H, int T, int chunk, int every, bool
   for (auto _ : st) {
     for (int t0 = 0; t0 < T; t0 += chunk) {
       const int Tc = std::min(chunk, T - t0);
-      auto at = [&](const std::vector<float>& v) {
+      auto at = [&](const ms::aligned_vector<float>& v) {
         return ms::sequence_view<const float>(v.data() + std::size_t(t0) * H * 64, 1, Tc, H, 64);
       };
-      auto out = [&](std::vector<float>& v) { return ms::sequence_view<float>(v.data(), 1, Tc, H, 64); };
+      auto out = [&](ms::aligned_vector<float>& v) { return ms::sequence_view<float>(v.data(), 1, Tc, H, 64); };
       const ms::wkv7::inputs<float> in{at(x.r), at(x.w), at(x.k), at(x.v), at(x.a), at(x.b)};
       if (meta && every == 0) start = x.state;  // the replay starts from it
       ms::wkv7::sequence<N, Backend>(in, ms::state_view<float>(x.state.data(), 1, H, 64), out(y), opt, record);
@@ -61,7 +61,7 @@ void layer_chunks(benchmark::State& st, int H, int T, int chunk, int every, bool
 template <int N, class Backend>
 void meta_state_step(benchmark::State& st, int H, int threads) {
   workload x(1, H, 64);
-  std::vector<float> e(x.y.size()), o(x.y.size()), m(x.state.size(), 0.0f);
+  ms::aligned_vector<float> e(x.y.size()), o(x.y.size()), m(x.state.size(), 0.0f);
   ms::meta_state::workspace<float> ws;
   ms::wkv7::options opt;
   opt.exec.threads = threads;

@@ -29,8 +29,8 @@ void wkv7_sequence(benchmark::State& st, int H, int T, int threads) {
 /// memory (beside B = 1, H = 2, where they share every token's rows).
 void wkv7_sequence_two_rows(benchmark::State& st, int T, int threads) {
   workload x(2 * T, 1, 64);  // [1, 2T, 1, 64] read as [2, T, 1, 64]
-  std::vector<float> state(2 * 64 * 64, 0.01f);
-  auto view = [&](const std::vector<float>& v) { return ms::sequence_view<const float>(v.data(), 2, T, 1, 64); };
+  ms::aligned_vector<float> state(2 * 64 * 64, 0.01f);
+  auto view = [&](const ms::aligned_vector<float>& v) { return ms::sequence_view<const float>(v.data(), 2, T, 1, 64); };
   ms::wkv7::options opt;
   opt.exec.threads = threads;
   for (auto _ : st) {

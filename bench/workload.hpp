@@ -11,10 +11,11 @@ namespace bench {
 
 namespace ms = metastate;
 
-/// RWKV-7-shaped random inputs for one [1,T,H,N] sequence, held as float.
+/// RWKV-7-shaped random inputs for one [1,T,H,N] sequence, held as float in cache-line
+/// aligned buffers (as the README advises callers of the `simd` backend).
 struct workload {
   int T, H, N;
-  std::vector<float> r, w, k, v, a, b, y, state;
+  ms::aligned_vector<float> r, w, k, v, a, b, y, state;
   workload(int tokens, int heads, int n) : T(tokens), H(heads), N(n) {
     const std::size_t size = std::size_t(T) * H * N;
     std::mt19937 gen(42);
@@ -34,7 +35,7 @@ struct workload {
     }
     state.assign(std::size_t(H) * N * N, 0.01f);
   }
-  ms::sequence_view<const float> view(const std::vector<float>& x, int tokens) const {
+  ms::sequence_view<const float> view(const ms::aligned_vector<float>& x, int tokens) const {
     return {x.data(), 1, tokens, H, N};
   }
   ms::wkv7::inputs<float> inputs(int tokens) const {

@@ -2,6 +2,7 @@
 #pragma once
 
 #include "metastate/version.hpp"
+#include "metastate/core/aligned.hpp"
 #include "metastate/core/backend.hpp"
 #include "metastate/core/config.hpp"
 #include "metastate/core/error.hpp"

@@ -7,6 +7,7 @@
 #include <vector>
 #include <xsimd/xsimd.hpp>
 
+#include "metastate/core/aligned.hpp"
 #include "metastate/core/backend.hpp"
 #include "metastate/core/error.hpp"
 #include "metastate/core/head_size.hpp"
@@ -25,8 +26,8 @@ namespace metastate::meta_state {
 /// Scratch reused across calls (sizes only grow): no allocation once warmed up.
 template <class T>
 struct workspace {
-  std::vector<T> query, replay_y, w, a, b, x;
-  std::vector<accum_t<T>> replay_state, encoder;
+  aligned_vector<T> query, replay_y, w, a, b, x;
+  aligned_vector<accum_t<T>> replay_state, encoder;
   std::vector<const accum_t<T>*> encoder_rows;
 };
 
@@ -48,7 +49,7 @@ inline void check_sse_dim(const char* context, int n, index_t N) {
 
 /// dst [B,T,H,n] = src[..., :n] (dst reuses `buffer`).
 template <class T>
-sequence_view<const T> leading(sequence_view<const T> src, int n, std::vector<T>& buffer) {
+sequence_view<const T> leading(sequence_view<const T> src, int n, aligned_vector<T>& buffer) {
   if (n == src.head_size()) return src;
   buffer.resize(static_cast<std::size_t>(src.size() / src.head_size() * n));
   const index_t rows = src.size() / src.head_size();

@@ -4,6 +4,7 @@
 #include <string>
 #include <vector>
 
+#include "metastate/core/aligned.hpp"
 #include "metastate/core/error.hpp"
 #include "metastate/io/safetensors.hpp"
 #include "metastate/meta_state/meta_state.hpp"
@@ -20,7 +21,7 @@ struct forward_workspace {
   matrix lora_w, lora_v, lora_a, lora_g;
   // What a Meta-State layer's WKV-7 op records for the encoder (wkv7::record): the state
   // every meta_state::record_every tokens and u_t of every token of the chunk.
-  std::vector<float> kv_states, kv_removal;
+  aligned_vector<float> kv_states, kv_removal;
   matrix encoded, readout;      // e and o of a Meta-State layer, [B·T, H·n]
   meta_state::workspace<float> ms;
 };

@@ -8,6 +8,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "metastate/core/aligned.hpp"
 #include "metastate/core/head_size.hpp"
 #include "metastate/core/parallel.hpp"
 #include "metastate/core/views.hpp"
@@ -154,10 +155,13 @@ std::size_t unit_scratch_size(const P&, const unit&, long) {
 
 /// Per-thread scratch that outlives a call: a model's prefill calls the op once per chunk,
 /// and allocating (and zeroing, and, past glibc's trim threshold, page-faulting) the units'
-/// buffers at every call cost up to a sixth of its time (docs/PERFORMANCE.md).
+/// buffers at every call cost up to a sixth of its time (docs/PERFORMANCE.md). Cache-line
+/// aligned: at malloc's alignment every vector access to a working state straddled two lines,
+/// which cost a quarter of the sequence kernel's speed (units' scratch sizes are whole vectors,
+/// so every unit's copy is aligned).
 template <class A>
 A* thread_arena(std::size_t count) {
-  static thread_local std::vector<A> arena;
+  static thread_local aligned_vector<A> arena;
   if (arena.size() < count) arena.resize(count);
   return arena.data();
 }
