@@ -3,7 +3,9 @@
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 #include <xsimd/xsimd.hpp>
 
@@ -98,6 +100,76 @@ void encoder_tiles(int tokens, const S* const* rows, index_t inner, const S* z, 
   }
 }
 
+/// out[t][c] = Σ_r z[t][r] rows[r][c] for `tokens` tokens (TT at a time) and `columns` columns,
+/// over the first `inner` rows, or, when `rows_per_token` > 0, only the first
+/// inner + rows_per_token · (t + 1) of them for token t (z is zero past those: causality).
+template <class Batch, class S>
+void encoder_product(index_t tokens, const S* const* rows, index_t inner, index_t rows_per_token, const S* z,
+                     index_t z_stride, index_t columns, S* out, index_t out_stride) {
+  constexpr index_t L = static_cast<index_t>(Batch::size), TT = 4;
+  for (index_t t0 = 0; t0 < tokens; t0 += TT) {
+    const int count = static_cast<int>(std::min(TT, tokens - t0));
+    const index_t used = inner + rows_per_token * (t0 + count);
+    const S* zt = z + t0 * z_stride;
+    S* ot = out + t0 * out_stride;
+    index_t col = 0;
+    for (; col + 4 * L <= columns; col += 4 * L) encoder_tiles<4, Batch>(count, rows, used, zt, z_stride, col, ot, out_stride);
+    for (; col + 2 * L <= columns; col += 2 * L) encoder_tiles<2, Batch>(count, rows, used, zt, z_stride, col, ot, out_stride);
+    for (; col + L <= columns; col += L) encoder_tiles<1, Batch>(count, rows, used, zt, z_stride, col, ot, out_stride);
+    for (; col < columns; ++col)
+      for (int tt = 0; tt < count; ++tt) {
+        S acc = 0;
+        for (index_t r = 0; r < used; ++r) acc += zt[tt * z_stride + r] * rows[r][col];
+        ot[tt * out_stride + col] = acc;
+      }
+  }
+}
+
+#if XSIMD_WITH_AVX512F
+/// One stage of a 16 x 16 float transpose: swaps the off-diagonal B x B blocks of rows x, y.
+template <int B, int... K>
+void transpose_stage(float __attribute__((vector_size(64))) & x, float __attribute__((vector_size(64))) & y,
+                     std::integer_sequence<int, K...>) {
+  const auto lo = __builtin_shufflevector(x, y, ((K & B) == 0 ? K : 16 + K - B)...);
+  const auto hi = __builtin_shufflevector(x, y, ((K & B) == 0 ? K + B : 16 + K)...);
+  x = lo;
+  y = hi;
+}
+#endif
+
+/// dst[c * dst_stride + r] = src[r * src_stride + c] for r < rows, c < columns (both multiples
+/// of 16 for the vector path: four stages of two-row shuffles per 16 x 16 tile).
+template <class S>
+void transpose(const S* src, index_t src_stride, index_t rows, index_t columns, S* dst, index_t dst_stride) {
+#if XSIMD_WITH_AVX512F
+  if constexpr (std::is_same_v<S, float>) {
+    if (rows % 16 == 0 && columns % 16 == 0) {
+      using v16 = float __attribute__((vector_size(64)));
+      const auto lanes = std::make_integer_sequence<int, 16>{};
+      for (index_t r0 = 0; r0 < rows; r0 += 16)
+        for (index_t c0 = 0; c0 < columns; c0 += 16) {
+          v16 x[16];
+          for (int q = 0; q < 16; ++q) std::memcpy(&x[q], src + (r0 + q) * src_stride + c0, sizeof(v16));
+          for (int q = 0; q < 16; ++q) {  // row pairs (q, q + B) with bit B of q clear
+            if ((q & 1) == 0) transpose_stage<1>(x[q], x[q + 1], lanes);
+          }
+          for (int q = 0; q < 16; ++q) {
+            if ((q & 2) == 0) transpose_stage<2>(x[q], x[q + 2], lanes);
+          }
+          for (int q = 0; q < 16; ++q) {
+            if ((q & 4) == 0) transpose_stage<4>(x[q], x[q + 4], lanes);
+          }
+          for (int q = 0; q < 8; ++q) transpose_stage<8>(x[q], x[q + 8], lanes);
+          for (int q = 0; q < 16; ++q) std::memcpy(dst + (c0 + q) * dst_stride + r0, &x[q], sizeof(v16));
+        }
+      return;
+    }
+  }
+#endif
+  for (index_t r = 0; r < rows; ++r)
+    for (index_t c = 0; c < columns; ++c) dst[c * dst_stride + r] = src[r * src_stride + c];
+}
+
 }  // namespace detail
 
 /// Encoder for one token: e [B,1,H,n] = S[:n,:n] x̃[:n] for every (batch, head), where S
@@ -162,8 +234,10 @@ void encode_sequence(const wkv7::inputs<T>& wkv, state_view<const S> start, sequ
 /// so, over channels < n, with P_t = w_c ∘ ⋯ ∘ w_t,
 ///   e_t = S_c x̂_t + Σ_{τ≤t} (β_tτ u_τ + κ_tτ v_τ),   x̂_t = P_t ∘ x̃_t,
 ///   β_tτ = (b_τ / P_τ) · x̂_t,  κ_tτ = (k_τ / P_τ) · x̂_t  (τ < t),   β_tt = b_t · x̃_t,  κ_tt = k_t · x̃_t,
-/// then one product of the block's [x̂ β κ] (every x (n + 2·every)) by the rows [S_cᵀ; u; v]:
-/// about n² + 2n·every multiply-adds per token instead of a second pass over the N² state.
+/// the β, κ of a block as one product of its x̂ by the (transposed) b/P, k/P, then one product
+/// of its [x̂ β κ] (every x (n + 2·every)) by the rows [S_cᵀ; u; v]: about n² + 3n·every
+/// multiply-adds per token (half of the every-terms skipped by causality) instead of a second
+/// pass over the N² state.
 /// A block whose decays multiply to below 2⁻¹⁰⁰ before its last token (far below RWKV-7's
 /// w > 0.545) is not divided by them: its β, κ come from carrying each query back through
 /// the decays, exactly.
@@ -184,19 +258,20 @@ void encode_recorded(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, s
     throw shape_error(std::string(context) + ": a record every " + std::to_string(every) +
                       " tokens; the encoder takes at most " + std::to_string(max_every));
   using batch = xsimd::batch<S, backend::default_simd_arch>;
-  // The β, κ dot products go G at a time (G = the narrow lane count: a block has few tokens).
-  using dot_batch = xsimd::batch<S, backend::narrow_simd_arch>;
-  constexpr index_t L = static_cast<index_t>(batch::size), G = static_cast<index_t>(dot_batch::size), TT = 4, CV = 4;
+  constexpr index_t L = static_cast<index_t>(batch::size);
   const index_t blocks = (T_ + every - 1) / every, units = B * blocks;
   if (units == 0) return;
   int threads = resolve_threads(opt.exec);
   if (double(units) * H * every * n * n < wkv7::detail::parallel_min_updates) threads = 1;
   threads = static_cast<int>(std::min<index_t>(threads, units));
-  // Channels padded with zeros to whole vectors (decays with ones); rows of the product:
-  // S_cᵀ for the padded channels (a zero row past n), then u_τ, v_τ interleaved.
-  const index_t np = (n + L - 1) / L * L, groups = (every + G - 1) / G, inner = np + 2 * every;
-  // Per thread: w, b, k, x̃ and b/P, k/P of a block (padded), v, P, [x̂ β κ], e, a zero row.
-  const index_t scratch = 5 * every * np + 2 * groups * G * np + np + every * inner + every * n + n;
+  // Channels padded with zeros to whole vectors (decays with ones), and a block's (u, v) pairs
+  // to whole vectors (2·ep). Rows of the product: S_cᵀ for the padded channels (a zero row
+  // past n), then u_τ, v_τ interleaved (zero rows past the block's tokens); a token's row of
+  // z is [x̂_t, β_t0, κ_t0, β_t1, κ_t1, ...] to match.
+  const index_t np = (n + L - 1) / L * L, ep = (every + L - 1) / L * L, inner = np + 2 * ep;
+  // Per thread: w, b, k, x̃, v of a block (padded), b/P and k/P (interleaved token-major rows,
+  // then transposed), P, z, e (rows of np), a zero row; every piece whole vectors.
+  const index_t scratch = 5 * every * np + 2 * ep * np + np * 2 * ep + np + every * inner + every * np + np;
   ws.encoder.assign(static_cast<std::size_t>(threads * scratch), S(0));  // the zero rows
   ws.encoder_rows.resize(static_cast<std::size_t>(threads * inner));
   const bool log_decay = opt.decay == wkv7::decay_input::log_w;
@@ -215,11 +290,11 @@ void encode_recorded(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, s
   auto run_unit = [&](index_t unit, S* buffer, const S** rows) {
     // Sizes as locals: the vector stores (may-alias types) would otherwise force reloads of
     // captured references inside the inner loops.
-    const index_t nn = n, npad = np, b = unit / blocks, block = unit % blocks, c = block * every,
+    const index_t nn = n, npad = np, epad = ep, b = unit / blocks, block = unit % blocks, c = block * every,
                   m = std::min(every, T_ - c);
-    S *w = buffer, *bk = w + every * npad, *kk = bk + every * npad, *xq = kk + every * npad,
-      *bh = xq + every * npad, *kh = bh + groups * G * npad, *v = kh + groups * G * npad, *P = v + every * npad,
-      *z = P + npad, *out = z + every * inner, *zero_row = out + every * nn;
+    S *w = buffer, *bk = w + every * npad, *kk = bk + every * npad, *xq = kk + every * npad, *v = xq + every * npad,
+      *bk_rows = v + every * npad, *bkt = bk_rows + 2 * epad * npad, *P = bkt + npad * 2 * epad,
+      *z = P + npad, *out = z + every * inner, *zero_row = out + every * npad;
     auto row = [npad](S* base, index_t tau) { return base + tau * npad; };
     for (index_t h = 0; h < H; ++h) {
       // The block's inputs as S over the padded channels: the inputs themselves when they
@@ -245,46 +320,37 @@ void encode_recorded(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, s
           if (tau + 1 < m) {
             smallest = xsimd::min(smallest, p);
             const batch inverse = batch(S(1)) / p;
-            (batch::load_unaligned(br[tau] + j) * inverse).store_unaligned(row(bh, tau) + j);
-            (batch::load_unaligned(kr[tau] + j) * inverse).store_unaligned(row(kh, tau) + j);
+            (batch::load_unaligned(br[tau] + j) * inverse).store_unaligned(row(bk_rows, 2 * tau) + j);
+            (batch::load_unaligned(kr[tau] + j) * inverse).store_unaligned(row(bk_rows, 2 * tau + 1) + j);
           }
         }
       }
-      for (index_t tau = m - 1; tau < groups * G; ++tau)  // unused lanes of the last group: finite
-        for (index_t j = 0; j < npad; ++j) row(bh, tau)[j] = row(kh, tau)[j] = S(0);
       alignas(64) S lanes[L];
       smallest.store_aligned(lanes);
       const bool divided = *std::min_element(lanes, lanes + L) >= tiny;
+      if (divided) {
+        // β_tτ = (b_τ / P_τ) · x̂_t and κ_tτ for every pair at once: one product of the block's
+        // x̂ by the interleaved rows b_τ/P_τ, k_τ/P_τ transposed (channels as rows), written
+        // into z after x̂.
+        std::fill(row(bk_rows, 2 * (m - 1)), row(bk_rows, 2 * epad), S(0));  // the last token, padding
+        detail::transpose(bk_rows, npad, 2 * epad, npad, bkt, 2 * epad);
+        for (index_t j = 0; j < npad; ++j) rows[j] = bkt + j * 2 * epad;
+        detail::encoder_product<batch>(m, rows, npad, 0, z, inner, 2 * epad, z + npad, inner);
+      }
       for (index_t t = 0; t < m; ++t) {
         S* zt = z + t * inner;
+        S* pairs = zt + npad;  // β_tτ at 2τ, κ_tτ at 2τ + 1
+        auto beta = [pairs](index_t tau) -> S& { return pairs[2 * tau]; };
+        auto kappa = [pairs](index_t tau) -> S& { return pairs[2 * tau + 1]; };
         if (divided) {
-          // β_tτ, κ_tτ for τ < t: G of each at a time, reduced together.
-          alignas(64) S sums[2 * G];
-          for (index_t g = 0; g * G < t; ++g) {
-            dot_batch acc_b[G], acc_k[G];
-            for (index_t q = 0; q < G; ++q) acc_b[q] = acc_k[q] = dot_batch(S(0));
-            for (index_t j = 0; j < npad; j += G) {
-              const dot_batch xj = dot_batch::load_unaligned(zt + j);
-              for (index_t q = 0; q < G; ++q) {
-                acc_b[q] = xsimd::fma(dot_batch::load_unaligned(row(bh, g * G + q) + j), xj, acc_b[q]);
-                acc_k[q] = xsimd::fma(dot_batch::load_unaligned(row(kh, g * G + q) + j), xj, acc_k[q]);
-              }
-            }
-            wkv7::detail::lane_sums(acc_b).store_aligned(sums);
-            wkv7::detail::lane_sums(acc_k).store_aligned(sums + G);
-            for (index_t q = 0; q < G && g * G + q < t; ++q) {
-              zt[npad + 2 * (g * G + q)] = sums[q];
-              zt[npad + 2 * (g * G + q) + 1] = sums[G + q];
-            }
-          }
           batch db(S(0)), dk(S(0));  // the diagonal: no decay
           for (index_t j = 0; j < npad; j += L) {
             const batch xj = batch::load_unaligned(xr[t] + j);
             db = xsimd::fma(batch::load_unaligned(br[t] + j), xj, db);
             dk = xsimd::fma(batch::load_unaligned(kr[t] + j), xj, dk);
           }
-          zt[npad + 2 * t] = xsimd::hadd(db);
-          zt[npad + 2 * t + 1] = xsimd::hadd(dk);
+          beta(t) = xsimd::hadd(db);
+          kappa(t) = xsimd::hadd(dk);
         } else {
           // Carry x̃_t back through the decays: q ← w_τ ∘ q after reading b_τ · q, k_τ · q.
           S* q = zt;  // ends as x̂_t
@@ -297,38 +363,23 @@ void encode_recorded(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, s
               sk = xsimd::fma(batch::load_unaligned(kr[tau] + j), qj, sk);
               (qj * batch::load_unaligned(wr[tau] + j)).store_unaligned(q + j);
             }
-            zt[npad + 2 * tau] = xsimd::hadd(sb);
-            zt[npad + 2 * tau + 1] = xsimd::hadd(sk);
+            beta(tau) = xsimd::hadd(sb);
+            kappa(tau) = xsimd::hadd(sk);
           }
         }
-        std::fill(zt + npad + 2 * (t + 1), zt + inner, S(0));
+        std::fill(pairs + 2 * (t + 1), pairs + 2 * epad, S(0));  // causal: later tokens do not count
       }
       const S* s_c = saved.states + ((block * B + b) * H + h) * N * N;
       for (index_t j = 0; j < nn; ++j) rows[j] = s_c + j * N;
       for (index_t j = nn; j < npad; ++j) rows[j] = zero_row;
-      for (index_t tau = 0; tau < m; ++tau) {
-        rows[npad + 2 * tau] = saved.removal + ((b * T_ + c + tau) * H + h) * N;
-        rows[npad + 2 * tau + 1] = vr[tau];
+      for (index_t tau = 0; tau < epad; ++tau) {
+        rows[npad + 2 * tau] = tau < m ? saved.removal + ((b * T_ + c + tau) * H + h) * N : zero_row;
+        rows[npad + 2 * tau + 1] = tau < m ? vr[tau] : zero_row;
       }
-      for (index_t t0 = 0; t0 < m; t0 += TT) {
-        const int tokens = static_cast<int>(std::min(TT, m - t0));
-        const index_t used = npad + 2 * (t0 + tokens);  // β, κ are zero for later tokens
-        const S* zt = z + t0 * inner;
-        S* ot = out + t0 * nn;
-        index_t col = 0;
-        for (; col + CV * L <= nn; col += CV * L)
-          detail::encoder_tiles<CV, batch>(tokens, rows, used, zt, inner, col, ot, nn);
-        for (; col + L <= nn; col += L) detail::encoder_tiles<1, batch>(tokens, rows, used, zt, inner, col, ot, nn);
-        for (; col < nn; ++col)
-          for (int tt = 0; tt < tokens; ++tt) {
-            S acc = 0;
-            for (index_t r = 0; r < used; ++r) acc += zt[tt * inner + r] * rows[r][col];
-            ot[tt * nn + col] = acc;
-          }
-      }
+      detail::encoder_product<batch>(m, rows, npad, 2, z, inner, nn, out, npad);
       for (index_t t = 0; t < m; ++t) {
         T* et = e.at(b, c + t, h);
-        for (index_t i = 0; i < nn; ++i) et[i] = static_cast<T>(out[t * nn + i]);
+        for (index_t i = 0; i < nn; ++i) et[i] = static_cast<T>(out[t * npad + i]);
       }
     }
   };
