@@ -259,10 +259,14 @@ void encode_recorded(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, s
                       " tokens; the encoder takes at most " + std::to_string(max_every));
   using batch = xsimd::batch<S, backend::default_simd_arch>;
   constexpr index_t L = static_cast<index_t>(batch::size);
-  const index_t blocks = (T_ + every - 1) / every, units = B * blocks;
+  // Units are (batch, head, block), head-major, and each thread takes a contiguous range, as
+  // `wkv7::sequence` does: a thread then reads the records its own WKV-7 pass wrote, from its
+  // own caches (split by blocks, the two cores traded every recorded line and the record
+  // cost 0.6 of the WKV-7 op on two threads instead of 0.1; ad hoc, H = 12).
+  const index_t blocks = (T_ + every - 1) / every, units = B * H * blocks;
   if (units == 0) return;
   int threads = resolve_threads(opt.exec);
-  if (double(units) * H * every * n * n < wkv7::detail::parallel_min_updates) threads = 1;
+  if (double(units) * every * n * n < wkv7::detail::parallel_min_updates) threads = 1;
   threads = static_cast<int>(std::min<index_t>(threads, units));
   // Channels padded with zeros to whole vectors (decays with ones), and a block's (u, v) pairs
   // to whole vectors (2·ep). Rows of the product: S_cᵀ for the padded channels (a zero row
@@ -290,13 +294,13 @@ void encode_recorded(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, s
   auto run_unit = [&](index_t unit, S* buffer, const S** rows) {
     // Sizes as locals: the vector stores (may-alias types) would otherwise force reloads of
     // captured references inside the inner loops.
-    const index_t nn = n, npad = np, epad = ep, b = unit / blocks, block = unit % blocks, c = block * every,
-                  m = std::min(every, T_ - c);
+    const index_t nn = n, npad = np, epad = ep, b = unit / blocks / H, h = unit / blocks % H, block = unit % blocks,
+                  c = block * every, m = std::min(every, T_ - c);
     S *w = buffer, *bk = w + every * npad, *kk = bk + every * npad, *xq = kk + every * npad, *v = xq + every * npad,
       *bk_rows = v + every * npad, *bkt = bk_rows + 2 * epad * npad, *P = bkt + npad * 2 * epad,
       *z = P + npad, *out = z + every * inner, *zero_row = out + every * npad;
     auto row = [npad](S* base, index_t tau) { return base + tau * npad; };
-    for (index_t h = 0; h < H; ++h) {
+    {
       // The block's inputs as S over the padded channels: the inputs themselves when they
       // are S and whole vectors, else copies (decays from log-decays, padding 1 and 0).
       const S *wr[max_every], *br[max_every], *kr[max_every], *xr[max_every], *vr[max_every];
