@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <new>
 #include <vector>
@@ -26,17 +27,23 @@ struct aligned_allocator {
   aligned_allocator() noexcept = default;
   template <class U>
   aligned_allocator(const aligned_allocator<U>&) noexcept {}
+  static_assert(alignof(T) <= cache_line_bytes, "aligned_allocator: the type needs more than a cache line");
+
   T* allocate(std::size_t n) {
     if (n > (std::numeric_limits<std::size_t>::max() - cache_line_bytes) / sizeof(T)) throw std::bad_array_new_length();
     void* block = std::malloc(n * sizeof(T) + cache_line_bytes);
     if (block == nullptr) throw std::bad_alloc();
-    // malloc's 16-byte alignment leaves at least 16 bytes before the aligned data.
-    const auto data = (reinterpret_cast<std::uintptr_t>(block) + cache_line_bytes) & ~(cache_line_bytes - 1);
-    reinterpret_cast<void**>(data)[-1] = block;
+    // The gap before the aligned data is at least malloc's alignment, room for the pointer.
+    char* data = reinterpret_cast<char*>((reinterpret_cast<std::uintptr_t>(block) + cache_line_bytes) &
+                                         ~(cache_line_bytes - 1));
+    std::memcpy(data - sizeof(void*), &block, sizeof(void*));
     return reinterpret_cast<T*>(data);
   }
   void deallocate(T* p, std::size_t) noexcept {
-    if (p != nullptr) std::free(reinterpret_cast<void**>(p)[-1]);
+    if (p == nullptr) return;
+    void* block;
+    std::memcpy(&block, reinterpret_cast<char*>(p) - sizeof(void*), sizeof(void*));
+    std::free(block);
   }
   template <class U>
   bool operator==(const aligned_allocator<U>&) const noexcept {
@@ -48,7 +55,7 @@ struct aligned_allocator {
   }
 };
 
-/// A std::vector whose data is cache-line aligned: what the library's own buffers use, and
+/// A std::vector whose data is cache-line aligned: what the library's scratch buffers use, and
 /// what callers should hold tensors in for the `simd` backend's full speed.
 template <class T>
 using aligned_vector = std::vector<T, aligned_allocator<T>>;

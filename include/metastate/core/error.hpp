@@ -51,8 +51,8 @@ std::string shape_string(const Range& shape) {
 }
 
 /// Throws shape_error "<context>: tensor '<name>' has shape [..], expected [..]" when they differ.
-/// The comparison is inlined; building the message is kept out of the callers' hot paths
-/// (a single-token step checks eight shapes).
+/// The comparison is inlined (a single-token step checks eight shapes); the message is built
+/// only when they differ.
 template <class A, class B>
 inline void expect_shape(const char* context, std::string_view name, const A& found, const B& expected) {
   bool same = std::size(found) == std::size(expected);

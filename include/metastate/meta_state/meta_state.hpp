@@ -259,10 +259,11 @@ void encode_recorded(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, s
                       " tokens; the encoder takes at most " + std::to_string(max_every));
   using batch = xsimd::batch<S, backend::default_simd_arch>;
   constexpr index_t L = static_cast<index_t>(batch::size);
-  // Units are (batch, head, block), head-major, and each thread takes a contiguous range, as
-  // `wkv7::sequence` does: a thread then reads the records its own WKV-7 pass wrote, from its
-  // own caches (split by blocks, the two cores traded every recorded line and the record
-  // cost 0.6 of the WKV-7 op on two threads instead of 0.1; ad hoc, H = 12).
+  // Units are (batch, head, block) in that order. With at least as many (batch, head) items
+  // as threads, each thread takes the items `wkv7::sequence` gives it (same formula) with all
+  // their blocks, so it reads the records its own WKV-7 pass wrote, from its own caches
+  // (split by blocks, the two cores traded every recorded line and the record cost 0.5 of the
+  // WKV-7 op on two threads instead of 0.2; ad hoc, H = 12). Fewer items split the blocks.
   const index_t blocks = (T_ + every - 1) / every, units = B * H * blocks;
   if (units == 0) return;
   int threads = resolve_threads(opt.exec);
@@ -332,7 +333,7 @@ void encode_recorded(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, s
       alignas(64) S lanes[L];
       smallest.store_aligned(lanes);
       const bool divided = *std::min_element(lanes, lanes + L) >= tiny;
-      if (divided) {
+      if (divided && m > 1) {  // (one token has only the diagonal)
         // β_tτ = (b_τ / P_τ) · x̂_t and κ_tτ for every pair at once: one product of the block's
         // x̂ by the interleaved rows b_τ/P_τ, k_τ/P_τ transposed (channels as rows), written
         // into z after x̂.
@@ -387,10 +388,13 @@ void encode_recorded(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, s
       }
     }
   };
+  const index_t items = B * H;
   auto run_thread = [&](int tid) {
     S* buffer = ws.encoder.data() + tid * scratch;
     const S** rows = ws.encoder_rows.data() + tid * inner;
-    for (index_t u = units * tid / threads; u < units * (tid + 1) / threads; ++u) run_unit(u, buffer, rows);
+    const index_t first = items >= threads ? items * tid / threads * blocks : units * tid / threads,
+                  last = items >= threads ? items * (tid + 1) / threads * blocks : units * (tid + 1) / threads;
+    for (index_t u = first; u < last; ++u) run_unit(u, buffer, rows);
   };
   run_threads(threads, run_thread);
 }
