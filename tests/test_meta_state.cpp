@@ -15,15 +15,20 @@ using fixture::run;
 using fixture::flatten;
 
 /// `every` = 0: the replay encoder; otherwise `encode_recorded`. `tiny_decays`: one decay
-/// in seven is 1e-30, so products of a block's decays underflow.
+/// in seven is 1e-30, so products of a block's decays underflow. B = H = 2 unless given;
+/// `threads` 0 = OpenMP's default.
 template <int N, class Backend, class Storage = float>
-void check_meta_state_ops(int head_size, int n, int T, int every = 0, bool tiny_decays = false) {
+void check_meta_state_ops(int head_size, int n, int T, int every = 0, bool tiny_decays = false, int batch = 2,
+                          int heads = 2, int threads = 0) {
   CAPTURE(head_size);
   CAPTURE(n);
   CAPTURE(T);
   CAPTURE(every);
   CAPTURE(tiny_decays);
-  auto p = ref::random_problem(2, T, 2, head_size, 31 + head_size + T);
+  CAPTURE(batch);
+  CAPTURE(heads);
+  CAPTURE(threads);
+  auto p = ref::random_problem(batch, T, heads, head_size, 31 + head_size + T);
   if (tiny_decays)
     for (std::size_t i = 0; i < p.w.size(); i += 7) p.w[i] = 1e-30;
   auto in = harness::random_meta_state(p, n, 32 + n);
@@ -31,7 +36,7 @@ void check_meta_state_ops(int head_size, int n, int T, int every = 0, bool tiny_
   for (auto* x : {&p.r, &p.w, &p.k, &p.v, &p.a, &p.b, &in.x}) *x = harness::widen(harness::convert<Storage>(*x));
   auto m = in.m0;
   const auto o = ref::meta_state(p, in.x, n, m);
-  const auto got = harness::run_meta_state<N, Backend, Storage>(p, in, every);
+  const auto got = harness::run_meta_state<N, Backend, Storage>(p, in, every, threads);
   const double budget = std::is_same_v<Storage, double> ? 1e-12 : std::is_same_v<Storage, float> ? 1e-6 : 1e-2;
   CHECK(ref::rms_relative(got.y, o) <= budget);
   CHECK(ref::rms_relative(got.state, m) <= budget);
@@ -61,6 +66,16 @@ TEST_CASE("encode_recorded (from what wkv7::sequence recorded) matches the fp64 
   check_meta_state_ops<64, ms::backend::default_backend, Eigen::bfloat16>(64, 64, 33, 8);
   check_meta_state_ops<32, ms::backend::eigen, Eigen::half>(32, 20, 33, 5);
   check_meta_state_ops<32, ms::backend::scalar, double>(32, 24, 33, 8);
+}
+
+TEST_CASE("encode_recorded splits its work over threads correctly (whole heads, or one head's blocks)") {
+  // 70 tokens of N = n = 64 in blocks of 16 are enough work for two threads. One head: the
+  // two threads split its blocks. Three heads: each thread takes whole heads, unevenly.
+  for (int threads : {1, 2}) {
+    check_meta_state_ops<64, ms::backend::default_backend>(64, 64, 70, 16, false, 1, 1, threads);
+    check_meta_state_ops<64, ms::backend::default_backend>(64, 64, 70, 16, false, 1, 3, threads);
+    check_meta_state_ops<64, ms::backend::default_backend>(64, 64, 70, 16, false, 3, 1, threads);
+  }
 }
 
 TEST_CASE("encode_recorded rejects a missing record, naming what is missing") {

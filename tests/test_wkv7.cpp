@@ -2,6 +2,7 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <cstdint>
 #include <tuple>
 #include <utility>
 
@@ -274,4 +275,25 @@ TEST_CASE("wkv7 validate_values rejects decays outside (0, 1] and non-finite inp
   in.k[3] = std::nanf("");
   CHECK_THROWS_WITH_AS(ms::wkv7::validate_values(in.all()), doctest::Contains("tensor 'k' has a non-finite value"),
                        ms::value_error);
+}
+
+TEST_CASE("aligned_vector and the simd kernel's per-thread working copies are cache-line aligned") {
+  // The simd kernels' speed depends on it (docs/PERFORMANCE.md); nothing else would notice.
+  for (std::size_t size : {1, 3, 16, 1000, 100000}) {
+    CAPTURE(size);
+    ms::aligned_vector<float> f(size);
+    ms::aligned_vector<double> d(size);
+    CHECK(reinterpret_cast<std::uintptr_t>(f.data()) % ms::cache_line_bytes == 0);
+    CHECK(reinterpret_cast<std::uintptr_t>(d.data()) % ms::cache_line_bytes == 0);
+    f.resize(3 * size + 5);  // reallocated: still aligned
+    CHECK(reinterpret_cast<std::uintptr_t>(f.data()) % ms::cache_line_bytes == 0);
+    // The per-thread buffer grows between calls (a larger head count, a longer record).
+    CHECK(reinterpret_cast<std::uintptr_t>(ms::wkv7::detail::thread_arena<float>(size * 7)) % ms::cache_line_bytes ==
+          0);
+  }
+  ms::aligned_vector<int> v{1, 2, 3};
+  v.resize(1000, 9);
+  CHECK(v[0] == 1);
+  CHECK(v[2] == 3);
+  CHECK(v[999] == 9);
 }

@@ -76,9 +76,9 @@ inline meta_state_inputs random_meta_state(const ref::wkv_problem& p, int n, std
 
 /// The encoder then `evolve`, from S_0 = p.s0: o [B,T,H,n] and M_T. The encoder is
 /// `encode_sequence` (the replay), or with `every` > 0 `encode_recorded` from what a
-/// `wkv7::sequence` call recorded every `every` tokens.
+/// `wkv7::sequence` call recorded every `every` tokens. `threads`: 0 = OpenMP's default.
 template <int N, class Backend, class T>
-result run_meta_state(const ref::wkv_problem& p, const meta_state_inputs& ms_in, int every = 0) {
+result run_meta_state(const ref::wkv_problem& p, const meta_state_inputs& ms_in, int every = 0, int threads = 0) {
   using A = ms::accum_t<T>;
   const int n = ms_in.n;
   stored_inputs<T> in(p);
@@ -87,6 +87,8 @@ result run_meta_state(const ref::wkv_problem& p, const meta_state_inputs& ms_in,
   std::vector<A> m = convert<A>(ms_in.m0);
   std::vector<T> e(p.seq_size() / p.N * n), o(e.size());
   ms::meta_state::workspace<T> ws;
+  ms::wkv7::options opt;
+  opt.exec.threads = threads;
   const ms::sequence_view<const T> xv = in.view(x);
   const ms::state_view<const A> start_view(start.data(), p.B, p.H, p.N);
   const ms::sequence_view<T> e_view(e.data(), p.B, p.T, p.H, n);
@@ -96,18 +98,19 @@ result run_meta_state(const ref::wkv_problem& p, const meta_state_inputs& ms_in,
     std::vector<T> y(p.seq_size());
     const ms::wkv7::record<A> saved{states.data(), removal.data(), every};
     ms::wkv7::sequence<N, Backend>(in.all(), ms::state_view<A>(state.data(), p.B, p.H, p.N),
-                                   ms::sequence_view<T>(y.data(), p.B, p.T, p.H, p.N), {}, saved);
-    ms::meta_state::encode_recorded(in.all(), saved, xv, e_view, n, ws);
+                                   ms::sequence_view<T>(y.data(), p.B, p.T, p.H, p.N), opt, saved);
+    ms::meta_state::encode_recorded(in.all(), saved, xv, e_view, n, ws, opt);
   } else {
-    ms::meta_state::encode_sequence<N, Backend>(in.all(), start_view, xv, e_view, n, ws);
+    ms::meta_state::encode_sequence<N, Backend>(in.all(), start_view, xv, e_view, n, ws, opt);
   }
   const ms::sequence_view<const T> ev(e.data(), p.B, p.T, p.H, n);
   const ms::state_view<A> mv(m.data(), p.B, p.H, n);
   const ms::sequence_view<T> ov(o.data(), p.B, p.T, p.H, n);
   if (n == N)
-    ms::meta_state::evolve<N, Backend>(in.view(in.w), in.view(in.a), in.view(in.b), ev, xv, mv, ov, ws);
+    ms::meta_state::evolve<N, Backend>(in.view(in.w), in.view(in.a), in.view(in.b), ev, xv, mv, ov, ws, opt);
   else
-    ms::meta_state::evolve<ms::dynamic, Backend>(in.view(in.w), in.view(in.a), in.view(in.b), ev, xv, mv, ov, ws);
+    ms::meta_state::evolve<ms::dynamic, Backend>(in.view(in.w), in.view(in.a), in.view(in.b), ev, xv, mv, ov, ws,
+                                                 opt);
   return {widen(o), widen(m)};
 }
 
