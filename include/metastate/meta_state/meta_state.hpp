@@ -125,51 +125,6 @@ void encoder_product(index_t tokens, const S* const* rows, index_t inner, index_
   }
 }
 
-#if XSIMD_WITH_AVX512F
-/// One stage of a 16 x 16 float transpose: swaps the off-diagonal B x B blocks of rows x, y.
-template <int B, int... K>
-void transpose_stage(float __attribute__((vector_size(64))) & x, float __attribute__((vector_size(64))) & y,
-                     std::integer_sequence<int, K...>) {
-  const auto lo = __builtin_shufflevector(x, y, ((K & B) == 0 ? K : 16 + K - B)...);
-  const auto hi = __builtin_shufflevector(x, y, ((K & B) == 0 ? K + B : 16 + K)...);
-  x = lo;
-  y = hi;
-}
-#endif
-
-/// dst[c * dst_stride + r] = src[r * src_stride + c] for r < rows, c < columns (both multiples
-/// of 16 for the vector path: four stages of two-row shuffles per 16 x 16 tile).
-template <class S>
-void transpose(const S* src, index_t src_stride, index_t rows, index_t columns, S* dst, index_t dst_stride) {
-#if XSIMD_WITH_AVX512F
-  if constexpr (std::is_same_v<S, float>) {
-    if (rows % 16 == 0 && columns % 16 == 0) {
-      using v16 = float __attribute__((vector_size(64)));
-      const auto lanes = std::make_integer_sequence<int, 16>{};
-      for (index_t r0 = 0; r0 < rows; r0 += 16)
-        for (index_t c0 = 0; c0 < columns; c0 += 16) {
-          v16 x[16];
-          for (int q = 0; q < 16; ++q) std::memcpy(&x[q], src + (r0 + q) * src_stride + c0, sizeof(v16));
-          for (int q = 0; q < 16; ++q) {  // row pairs (q, q + B) with bit B of q clear
-            if ((q & 1) == 0) transpose_stage<1>(x[q], x[q + 1], lanes);
-          }
-          for (int q = 0; q < 16; ++q) {
-            if ((q & 2) == 0) transpose_stage<2>(x[q], x[q + 2], lanes);
-          }
-          for (int q = 0; q < 16; ++q) {
-            if ((q & 4) == 0) transpose_stage<4>(x[q], x[q + 4], lanes);
-          }
-          for (int q = 0; q < 8; ++q) transpose_stage<8>(x[q], x[q + 8], lanes);
-          for (int q = 0; q < 16; ++q) std::memcpy(dst + (c0 + q) * dst_stride + r0, &x[q], sizeof(v16));
-        }
-      return;
-    }
-  }
-#endif
-  for (index_t r = 0; r < rows; ++r)
-    for (index_t c = 0; c < columns; ++c) dst[c * dst_stride + r] = src[r * src_stride + c];
-}
-
 }  // namespace detail
 
 /// Encoder for one token: e [B,1,H,n] = S[:n,:n] x̃[:n] for every (batch, head), where S
@@ -338,7 +293,7 @@ void encode_recorded(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, s
         // x̂ by the interleaved rows b_τ/P_τ, k_τ/P_τ transposed (channels as rows), written
         // into z after x̂.
         std::fill(row(bk_rows, 2 * (m - 1)), row(bk_rows, 2 * epad), S(0));  // the last token, padding
-        detail::transpose(bk_rows, npad, 2 * epad, npad, bkt, 2 * epad);
+        wkv7::detail::transpose(bk_rows, npad, 2 * epad, npad, bkt, 2 * epad);
         for (index_t j = 0; j < npad; ++j) rows[j] = bkt + j * 2 * epad;
         detail::encoder_product<batch>(m, rows, npad, 0, z, inner, 2 * epad, z + npad, inner);
       }

@@ -5,8 +5,11 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstring>
 #include <type_traits>
+#include <utility>
 #include <vector>
+#include <xsimd/xsimd.hpp>
 
 #include "metastate/core/aligned.hpp"
 #include "metastate/core/head_size.hpp"
@@ -49,11 +52,55 @@ struct problem {
   }
 };
 
+#if XSIMD_WITH_AVX512F
+/// One stage of a 16 x 16 float transpose: swaps the off-diagonal B x B blocks of rows x, y.
+template <int B, int... K>
+void transpose_stage(float __attribute__((vector_size(64))) & x, float __attribute__((vector_size(64))) & y,
+                     std::integer_sequence<int, K...>) {
+  const auto lo = __builtin_shufflevector(x, y, ((K & B) == 0 ? K : 16 + K - B)...);
+  const auto hi = __builtin_shufflevector(x, y, ((K & B) == 0 ? K + B : 16 + K)...);
+  x = lo;
+  y = hi;
+}
+#endif
+
+/// dst[c * dst_stride + r] = src[r * src_stride + c] for r < rows, c < columns (both multiples
+/// of 16 for the vector path: four stages of two-row shuffles per 16 x 16 tile).
+template <class S>
+void transpose(const S* src, index_t src_stride, index_t rows, index_t columns, S* dst, index_t dst_stride) {
+#if XSIMD_WITH_AVX512F
+  if constexpr (std::is_same_v<S, float>) {
+    if (rows % 16 == 0 && columns % 16 == 0) {
+      using v16 = float __attribute__((vector_size(64)));
+      const auto lanes = std::make_integer_sequence<int, 16>{};
+      for (index_t r0 = 0; r0 < rows; r0 += 16)
+        for (index_t c0 = 0; c0 < columns; c0 += 16) {
+          v16 x[16];
+          for (int q = 0; q < 16; ++q) std::memcpy(&x[q], src + (r0 + q) * src_stride + c0, sizeof(v16));
+          for (int q = 0; q < 16; ++q) {  // row pairs (q, q + B) with bit B of q clear
+            if ((q & 1) == 0) transpose_stage<1>(x[q], x[q + 1], lanes);
+          }
+          for (int q = 0; q < 16; ++q) {
+            if ((q & 2) == 0) transpose_stage<2>(x[q], x[q + 2], lanes);
+          }
+          for (int q = 0; q < 16; ++q) {
+            if ((q & 4) == 0) transpose_stage<4>(x[q], x[q + 4], lanes);
+          }
+          for (int q = 0; q < 8; ++q) transpose_stage<8>(x[q], x[q + 8], lanes);
+          for (int q = 0; q < 16; ++q) std::memcpy(dst + (c0 + q) * dst_stride + r0, &x[q], sizeof(v16));
+        }
+      return;
+    }
+  }
+#endif
+  for (index_t r = 0; r < rows; ++r)
+    for (index_t c = 0; c < columns; ++c) dst[c * dst_stride + r] = src[r * src_stride + c];
+}
+
 /// Writes rows [row0, row1) of the n x n row-major `state` into the transposed n x n `dst`.
 template <class A>
 void store_transposed(const A* state, A* dst, int row0, int row1, int n) {
-  for (int i = row0; i < row1; ++i)
-    for (int j = 0; j < n; ++j) dst[static_cast<index_t>(j) * n + i] = state[static_cast<index_t>(i) * n + j];
+  transpose(state + static_cast<index_t>(row0) * n, n, row1 - row0, n, dst + row0, n);
 }
 
 /// Fixed-size storage for a static head size, a vector for a dynamic one.

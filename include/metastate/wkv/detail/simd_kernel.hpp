@@ -150,8 +150,7 @@ class simd_transposed_unit {
         removal_(scratch + static_cast<std::size_t>(rows_) * p.n),
         stream_y_(std::is_same_v<T, float> && p.y.size() * sizeof(float) >= stream_min_bytes) {
     const int n = head_size<N>(p_.n).value();
-    for (int i = 0; i < rows_; ++i)
-      for (int j = 0; j < n; ++j) work_[static_cast<std::size_t>(j) * rows_ + i] = s_[(u_.row0 + i) * n + j];
+    transpose(s_ + static_cast<index_t>(u_.row0) * n, n, rows_, n, work_, rows_);
     // u for the first token: u = S_0 a_0, column by column.
     const float* a = load_.load_a_ahead(0);
     for (int i = 0; i < rows_; i += L) {
@@ -195,8 +194,7 @@ class simd_transposed_unit {
     if (stream_y_) _mm_sfence();  // the streamed y stores are weakly ordered
 #endif
     const int n = head_size<N>(p_.n).value();
-    for (int i = 0; i < rows_; ++i)
-      for (int j = 0; j < n; ++j) s_[(u_.row0 + i) * n + j] = work_[static_cast<std::size_t>(j) * rows_ + i];
+    transpose(work_, rows_, n, rows_, s_ + static_cast<index_t>(u_.row0) * n, n);
   }
 
  private:
