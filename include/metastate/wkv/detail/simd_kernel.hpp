@@ -211,9 +211,14 @@ class simd_transposed_unit {
       out[q] = batch(0.f);
       next[q] = batch(0.f);
     }
-    for (int j = 0; j < n; ++j) {
-      const batch w(x.w[j]), b(x.b[j]), k(x.k[j]), r(x.r[j]), a(a_next[j]);
-      float* col = column(j) + (i0 - u_.row0);
+    // Pointers and stride as locals, the column pointer stepped: with the members and
+    // `column(j)`, GCC recomputed each column's address from spilled values (static head
+    // size; 1.2x slower than the run-time head size in one binary, ad hoc).
+    const float *xw = x.w, *xb = x.b, *xk = x.k, *xr = x.r;
+    const std::size_t stride = static_cast<std::size_t>(rows_);
+    float* col = work_ + (i0 - u_.row0);
+    for (int j = 0; j < n; ++j, col += stride) {
+      const batch w(xw[j]), b(xb[j]), k(xk[j]), r(xr[j]), a(a_next[j]);
       for (int q = 0; q < R; ++q) {
         batch s = batch::load_unaligned(col + q * L) * w;
         s = xsimd::fma(u[q], b, s);
