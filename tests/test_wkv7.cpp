@@ -297,3 +297,26 @@ TEST_CASE("aligned_vector and the simd kernel's per-thread working copies are ca
   CHECK(v[2] == 3);
   CHECK(v[999] == 9);
 }
+
+TEST_CASE_TEMPLATE("the state copies' transpose equals the plain transpose (16 x 16 shuffle tiles and fallback)", S,
+                   float, double) {
+  // The simd kernel's working copies, the records and the encoder are made with it: whole
+  // 16 x 16 tiles (float with AVX-512) or the plain loop (any other shape or type). Strides
+  // wider than the block, and a sentinel on everything the destination block does not cover.
+  const std::pair<int, int> shapes[] = {{16, 16}, {32, 64}, {64, 32}, {48, 80}, {24, 40}, {16, 8}, {5, 7}};
+  for (const auto& [rows, columns] : shapes) {
+    CAPTURE(rows);
+    CAPTURE(columns);
+    const ms::index_t src_stride = columns + 16, dst_stride = rows + 32;
+    std::vector<S> src(static_cast<std::size_t>(rows * src_stride));
+    for (std::size_t i = 0; i < src.size(); ++i) src[i] = static_cast<S>(i % 977) - S(300);
+    const S sentinel = S(-12345);
+    std::vector<S> dst(static_cast<std::size_t>(columns * dst_stride), sentinel);
+    ms::wkv7::detail::transpose(src.data(), src_stride, rows, columns, dst.data(), dst_stride);
+    int wrong = 0;
+    for (ms::index_t c = 0; c < columns; ++c)
+      for (ms::index_t r = 0; r < dst_stride; ++r)
+        wrong += dst[c * dst_stride + r] != (r < rows ? src[r * src_stride + c] : sentinel);
+    CHECK(wrong == 0);
+  }
+}
