@@ -3,7 +3,6 @@
 
 #include <Eigen/Core>
 #include <algorithm>
-#include <cstring>
 #include <string>
 #include <utility>
 #include <vector>
