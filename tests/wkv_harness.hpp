@@ -1,6 +1,8 @@
 // Runs the library's WKV-7 and Meta-State ops on a ref::wkv_problem converted to a storage type.
 #pragma once
 
+#include <limits>
+
 #include <metastate/meta_state/meta_state.hpp>
 #include <metastate/wkv/wkv7.hpp>
 
@@ -97,6 +99,9 @@ result run_meta_state(const ref::wkv_problem& p, const meta_state_inputs& ms_in,
                    removal(p.seq_size());
     std::vector<T> y(p.seq_size());
     const ms::wkv7::record<A> saved{states.data(), removal.data(), every};
+    // The encoder reuses its scratch without clearing it: poisoned, any value it reads
+    // before writing shows in e.
+    ws.encoder.assign(std::size_t(1) << 18, std::numeric_limits<A>::quiet_NaN());
     ms::wkv7::sequence<N, Backend>(in.all(), ms::state_view<A>(state.data(), p.B, p.H, p.N),
                                    ms::sequence_view<T>(y.data(), p.B, p.T, p.H, p.N), opt, saved);
     ms::meta_state::encode_recorded(in.all(), saved, xv, e_view, n, ws, opt);
