@@ -231,8 +231,7 @@ void encode_recorded(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, s
   // Per thread: w, b, k, x̃, v of a block (padded), b/P and k/P (interleaved token-major rows,
   // then transposed), P, z, e (rows of np), a zero row; every piece whole vectors.
   const index_t scratch = 5 * every * np + 2 * ep * np + np * 2 * ep + np + every * inner + every * np + np;
-  // Reused as it is: every piece is written before it is read, except each thread's zero
-  // row (the last np values), filled by its thread.
+  // Reused as it is: every piece is written before it is read (the zero row at each block).
   ws.encoder.resize(static_cast<std::size_t>(threads * scratch));
   ws.encoder_rows.resize(static_cast<std::size_t>(threads * inner));
   const bool log_decay = opt.decay == wkv7::decay_input::log_w;
@@ -255,7 +254,8 @@ void encode_recorded(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, s
                   c = block * every, m = std::min(every, T_ - c);
     S *w = buffer, *bk = w + every * npad, *kk = bk + every * npad, *xq = kk + every * npad, *v = xq + every * npad,
       *bk_rows = v + every * npad, *bkt = bk_rows + 2 * epad * npad, *P = bkt + npad * 2 * epad,
-      *z = P + npad, *out = z + every * inner, *zero_row = out + every * npad;  // = buffer + scratch - np
+      *z = P + npad, *out = z + every * inner, *zero_row = out + every * npad;
+    std::fill_n(zero_row, npad, S(0));
     auto row = [npad](S* base, index_t tau) { return base + tau * npad; };
     {
       // The block's inputs as S over the padded channels: the inputs themselves when they
@@ -347,7 +347,6 @@ void encode_recorded(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, s
   const index_t items = B * H;
   auto run_thread = [&](int tid) {
     S* buffer = ws.encoder.data() + tid * scratch;
-    std::fill_n(buffer + scratch - np, np, S(0));
     const S** rows = ws.encoder_rows.data() + tid * inner;
     const index_t first = items >= threads ? items * tid / threads * blocks : units * tid / threads,
                   last = items >= threads ? items * (tid + 1) / threads * blocks : units * (tid + 1) / threads;
