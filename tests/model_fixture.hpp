@@ -60,8 +60,8 @@ inline std::vector<float> run(const metastate::model::rwkv7_weights& w, const st
 }
 
 /// Per-layer buffers (a state's att_kv or ms, a reference's) laid end to end.
-template <class X>
-std::vector<X> flatten(const std::vector<std::vector<X>>& layers) {
+template <class X, class Allocator>
+std::vector<X> flatten(const std::vector<std::vector<X, Allocator>>& layers) {
   std::vector<X> out;
   for (const auto& layer : layers) out.insert(out.end(), layer.begin(), layer.end());
   return out;

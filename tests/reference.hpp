@@ -121,8 +121,8 @@ inline std::vector<double> meta_state(const wkv_problem& p, const std::vector<do
 }
 
 /// ‖x − ref‖ / ‖ref‖.
-template <class X, class R>
-double rms_relative(const std::vector<X>& x, const std::vector<R>& reference) {
+template <class X, class AX, class R, class AR>
+double rms_relative(const std::vector<X, AX>& x, const std::vector<R, AR>& reference) {
   if (x.size() != reference.size()) return INFINITY;
   double diff = 0, norm = 0;
   for (std::size_t i = 0; i < reference.size(); ++i) {

@@ -74,6 +74,21 @@ TEST_CASE("rwkv7 batch rows equal separate runs") {
   }
 }
 
+TEST_CASE("rwkv7 state keeps its WKV and Meta-State states cache-line aligned, also when copied") {
+  // The simd step kernel updates these in place; at malloc's 16-byte alignment every vector
+  // access straddles two cache lines (docs/PERFORMANCE.md, session 4).
+  const auto c = fixture::small_config(3, 64, 4, 16, 80, 0, "FMF");
+  const mm::rwkv7_state s(c, 3);
+  const mm::rwkv7_state fork = s;
+  auto aligned = [](const float* p) { return reinterpret_cast<std::uintptr_t>(p) % 64 == 0; };
+  for (const auto* state : {&s, &fork})
+    for (int l = 0; l < c.layers; ++l) {
+      CAPTURE(l);
+      CHECK(aligned(state->att_kv[l].data()));
+      if (c.is_meta_state(l)) CHECK(aligned(state->ms[l].data()));
+    }
+}
+
 TEST_CASE("rwkv7 state save and restore round-trips bit-exactly and refuses another shape") {
   const auto w = mm::initialise(fixture::small_config(2, 64, 4, 16, 80), 11, mm::init_kind::random);
   fixture::temp_dir dir("state");

@@ -67,7 +67,7 @@ inline void token_shift(const matrix& xn, matrix& carried, int batch, int tokens
   }
 }
 
-inline void run_wkv(const rwkv7_config& c, forward_workspace& ws, std::vector<float>& kv, int batch, int tokens,
+inline void run_wkv(const rwkv7_config& c, forward_workspace& ws, aligned_vector<float>& kv, int batch, int tokens,
                     const exec_policy& exec, const wkv7::record<float>& record) {
   const int H = c.heads, N = c.head_size;
   auto view = [&](const matrix& m) { return sequence_view<const float>(m.data(), batch, tokens, H, N); };

@@ -31,16 +31,18 @@ struct rwkv7_state {
   rwkv7_config config;
   int batch = 0;
   std::vector<matrix> att_x_prev;           ///< per layer [B, C]: previous token's ln1 output
-  std::vector<std::vector<float>> att_kv;   ///< per layer [B, H, N, N] WKV states (row = value index)
+  /// Per layer [B, H, N, N] WKV states (row = value index). Cache-line aligned, as the `simd`
+  /// step kernel, which works on them in place, needs for its speed (README: Alignment).
+  std::vector<aligned_vector<float>> att_kv;
   std::vector<matrix> ffn_x_prev;           ///< per ChannelMix layer [B, C]: previous token's ln2 output
-  std::vector<std::vector<float>> ms;       ///< per Meta-State layer [B, H, n, n]: the Meta-State M
+  std::vector<aligned_vector<float>> ms;    ///< per Meta-State layer [B, H, n, n]: the Meta-State M (aligned)
   forward_workspace work;
 
   rwkv7_state() = default;
   rwkv7_state(const rwkv7_config& c, int batch_rows) : config(c), batch(batch_rows) {
     if (batch_rows <= 0) throw shape_error("rwkv7_state: batch must be positive, got " + std::to_string(batch_rows));
     att_x_prev.assign(c.layers, matrix::Zero(batch, c.width));
-    att_kv.assign(c.layers, std::vector<float>(std::size_t(batch) * c.heads * c.head_size * c.head_size, 0.0f));
+    att_kv.assign(c.layers, aligned_vector<float>(std::size_t(batch) * c.heads * c.head_size * c.head_size, 0.0f));
     ffn_x_prev.resize(c.layers);
     ms.resize(c.layers);
     for (int l = 0; l < c.layers; ++l) {

@@ -152,7 +152,7 @@ inline model::rwkv7_weights grow(model::rwkv7_weights& w, const growth& g) {
 inline model::rwkv7_state grow_state(const model::rwkv7_state& s, const model::rwkv7_config& to) {
   const auto& from = s.config;
   model::rwkv7_state out(to, s.batch);
-  auto pad = [&](const std::vector<float>& src, std::vector<float>& dst, int n_from, int n_to) {
+  auto pad = [&](const aligned_vector<float>& src, aligned_vector<float>& dst, int n_from, int n_to) {
     for (int b = 0; b < s.batch; ++b)
       for (int h = 0; h < from.heads; ++h)
         for (int i = 0; i < n_from; ++i)
