@@ -1,6 +1,8 @@
 // RWKV-7 model: against the fp64 reference, modes that must agree, batches, state files, loading errors.
 #include <doctest/doctest.h>
 
+#include <cstdint>
+
 #include <metastate/model/rwkv7.hpp>
 
 #include "model_fixture.hpp"
