@@ -261,6 +261,10 @@ TEST_CASE("wkv7 rejects bad shapes with a message naming the tensor") {
   const ms::sequence_view<const float> null_v(nullptr, B, T_, H, N);
   CHECK_THROWS_WITH_AS(ms::wkv7::sequence(ms::wkv7::inputs<float>{good, good, good, null_v, good, good}, sv, yv),
                        "wkv7::sequence: tensor 'v' has no data", ms::shape_error);
+  CHECK_THROWS_WITH_AS(ms::wkv7::sequence(in, sv, ms::sequence_view<float>(nullptr, B, T_, H, N)),
+                       "wkv7::sequence: 'y' or 'state' has no data", ms::shape_error);
+  CHECK_THROWS_WITH_AS(ms::wkv7::sequence(in, ms::state_view<float>(nullptr, B, H, N), yv),
+                       "wkv7::sequence: 'y' or 'state' has no data", ms::shape_error);
 }
 
 TEST_CASE("wkv7 validate_values rejects decays outside (0, 1] and non-finite inputs") {

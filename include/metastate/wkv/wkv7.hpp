@@ -120,17 +120,25 @@ void checked_run(const char* context, const inputs<T>& in, state_view<S> state, 
   const auto& shape = in.r.shape();
   const index_t n = N == dynamic ? shape[3] : N;
   const std::array<index_t, 4> expected{shape[0], single_token ? 1 : shape[1], shape[2], n};
+  const std::array<index_t, 4> expected_state{shape[0], shape[2], n, n};
   const std::pair<const char*, const sequence_view<const T>*> named[] = {
       {"r", &in.r}, {"w", &in.w}, {"k", &in.k}, {"v", &in.v}, {"a", &in.a}, {"b", &in.b}};
-  for (const auto& [name, view] : named) {
-    expect_shape(context, name, view->shape(), expected);
-    if (view->size() > 0 && view->data() == nullptr)
-      throw shape_error(std::string(context) + ": tensor '" + name + "' has no data");
-  }
-  expect_shape(context, "y", y.shape(), expected);
-  expect_shape(context, "state", state.shape(), std::array<index_t, 4>{shape[0], shape[2], n, n});
-  if ((y.size() > 0 && y.data() == nullptr) || (state.size() > 0 && state.data() == nullptr))
+  // Everything at once first; the tensors are named only when something is wrong (naming
+  // each costs a few % of a one-head step).
+  bool fine = y.shape() == expected && state.shape() == expected_state && (y.size() == 0 || y.data()) &&
+              (state.size() == 0 || state.data());
+  for (const auto& entry : named)
+    fine = fine && entry.second->shape() == expected && (entry.second->size() == 0 || entry.second->data());
+  if (!fine) {
+    for (const auto& [name, view] : named) {
+      expect_shape(context, name, view->shape(), expected);
+      if (view->size() > 0 && view->data() == nullptr)
+        throw shape_error(std::string(context) + ": tensor '" + name + "' has no data");
+    }
+    expect_shape(context, "y", y.shape(), expected);
+    expect_shape(context, "state", state.shape(), expected_state);
     throw shape_error(std::string(context) + ": 'y' or 'state' has no data");
+  }
   if (n <= 0) throw shape_error(std::string(context) + ": head size must be positive, got " + std::to_string(n));
   if (saved.every < 0 || (saved.every > 0 && (saved.removal == nullptr || saved.states == nullptr)))
     throw shape_error(std::string(context) + ": a record needs every >= 0 and, when every > 0, 'removal' and " +
