@@ -217,7 +217,7 @@ class simd_transposed_unit {
     for (int q = 0; q < R; ++q) {
       u[q] = batch::load_unaligned(removal + i0 + q * L);
       v[q] = batch::load_unaligned(x.v + i0 + q * L);
-      for (int h = 0; h < P; ++h) out[h][q] = next[h][q] = batch(0.f);
+      for (int parity = 0; parity < P; ++parity) out[parity][q] = next[parity][q] = batch(0.f);
     }
     // Pointers and stride as locals, the column pointer stepped: with the members and
     // `column(j)`, GCC recomputed each column's address from spilled values (static head
@@ -226,22 +226,23 @@ class simd_transposed_unit {
     const std::size_t stride = static_cast<std::size_t>(rows_);
     float* col = work_ + (i0 - u_.row0);
     for (int j = 0; j < n; j += P) {  // n is a multiple of the lane count, so of P
-      for (int h = 0; h < P; ++h, col += stride) {
-        const batch w(xw[j + h]), b(xb[j + h]), k(xk[j + h]), r(xr[j + h]), a(a_next[j + h]);
+      for (int parity = 0; parity < P; ++parity, col += stride) {
+        const int c = j + parity;
+        const batch w(xw[c]), b(xb[c]), k(xk[c]), r(xr[c]), a(a_next[c]);
         for (int q = 0; q < R; ++q) {
           batch s = batch::load_unaligned(col + q * L) * w;
           s = xsimd::fma(u[q], b, s);
           s = xsimd::fma(v[q], k, s);
           s.store_unaligned(col + q * L);
-          out[h][q] = xsimd::fma(s, r, out[h][q]);
-          next[h][q] = xsimd::fma(s, a, next[h][q]);
+          out[parity][q] = xsimd::fma(s, r, out[parity][q]);
+          next[parity][q] = xsimd::fma(s, a, next[parity][q]);
         }
       }
     }
     for (int q = 0; q < R; ++q) {
-      for (int h = 1; h < P; ++h) {
-        out[0][q] += out[h][q];
-        next[0][q] += next[h][q];
+      for (int parity = 1; parity < P; ++parity) {
+        out[0][q] += out[parity][q];
+        next[0][q] += next[parity][q];
       }
       store_y(out[0][q], y + i0 + q * L);
       next[0][q].store_unaligned(removal + i0 + q * L);
