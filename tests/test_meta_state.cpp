@@ -96,6 +96,48 @@ TEST_CASE("encode_recorded rejects a missing record, naming what is missing") {
   CHECK_NOTHROW(encode({states.data(), removal.data(), 8}));
 }
 
+TEST_CASE("meta-state ops reject outputs that share memory with their other tensors, naming both") {
+  const int T_ = 8, N = 16;
+  const auto p = ref::random_problem(1, T_, 1, N, 7);
+  const harness::stored_inputs<float> in(p);
+  std::vector<float> x(p.seq_size()), e(p.seq_size()), o(p.seq_size()), m(p.state_size()), start(p.state_size()),
+      states(p.state_size()), removal(p.seq_size());
+  ms::meta_state::workspace<float> ws;
+  // [1, tokens, 1, N] views; all T_ tokens unless given.
+  auto seq = [&](float* data, int tokens = 0) { return ms::sequence_view<float>(data, 1, tokens ? tokens : T_, 1, N); };
+  auto cseq = [&](const float* data, int tokens = 0) {
+    return ms::sequence_view<const float>(data, 1, tokens ? tokens : T_, 1, N);
+  };
+  const ms::state_view<const float> start_view(start.data(), 1, 1, N);
+  const std::string tail = "' in memory; the op does not work in place, so outputs need memory of their own";
+  CHECK_THROWS_WITH_AS(ms::meta_state::encode(start_view, cseq(x.data(), 1), seq(x.data() + 4, 1), N),
+                       ("meta_state::encode: tensor 'e' overlaps 'x" + tail).c_str(), ms::overlap_error);
+  CHECK_THROWS_WITH_AS(ms::meta_state::encode(start_view, cseq(x.data(), 1), seq(start.data() + N, 1), N),
+                       ("meta_state::encode: tensor 'e' overlaps 'state" + tail).c_str(), ms::overlap_error);
+  CHECK_THROWS_WITH_AS(ms::meta_state::encode_sequence<N>(in.all(), start_view, cseq(x.data()),
+                                                          seq(const_cast<float*>(in.v.data())), N, ws),
+                       ("meta_state::encode_sequence: tensor 'e' overlaps 'v" + tail).c_str(), ms::overlap_error);
+  const ms::wkv7::record<float> saved{states.data(), removal.data(), 8};
+  CHECK_THROWS_WITH_AS(ms::meta_state::encode_recorded(in.all(), saved, cseq(x.data()), seq(removal.data()), N, ws),
+                       ("meta_state::encode_recorded: tensor 'e' overlaps 'record.removal" + tail).c_str(),
+                       ms::overlap_error);
+  const ms::state_view<float> mv(m.data(), 1, 1, N);
+  const auto w = in.view(in.w), a = in.view(in.a), b = in.view(in.b);
+  CHECK_THROWS_WITH_AS(ms::meta_state::evolve<N>(w, a, b, cseq(e.data()), cseq(x.data()), mv, seq(x.data()), ws),
+                       ("meta_state::evolve: tensor 'o' overlaps 'x" + tail).c_str(), ms::overlap_error);
+  CHECK_THROWS_WITH_AS(ms::meta_state::evolve<N>(w, a, b, cseq(e.data()), cseq(x.data()),
+                                                 ms::state_view<float>(o.data(), 1, 1, N), seq(o.data()), ws),
+                       ("meta_state::evolve: tensor 'o' overlaps 'm" + tail).c_str(), ms::overlap_error);
+  CHECK_THROWS_WITH_AS(ms::meta_state::evolve<N>(w, a, b, cseq(e.data()), cseq(x.data()),
+                                                 ms::state_view<float>(const_cast<float*>(in.w.data()), 1, 1, N),
+                                                 seq(o.data()), ws),
+                       ("meta_state::evolve: tensor 'm' overlaps 'w" + tail).c_str(), ms::overlap_error);
+  // evolve names its own tensors in shape errors too (not those of the WKV-7 op it runs).
+  CHECK_THROWS_WITH_AS(ms::meta_state::evolve<N>(w, a, b, cseq(e.data(), T_ - 1), cseq(x.data()), mv, seq(o.data()), ws),
+                       "meta_state::evolve: tensor 'e' has shape [1,7,1,16], expected [1,8,1,16]", ms::shape_error);
+  CHECK_NOTHROW(ms::meta_state::evolve<N>(w, a, b, cseq(e.data()), cseq(x.data()), mv, seq(o.data()), ws));
+}
+
 TEST_CASE("meta-state models match the fp64 reference (SPEC §4, §7: 1e-5)") {
   struct shape {
     const char* blocks;

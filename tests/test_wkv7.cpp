@@ -267,6 +267,59 @@ TEST_CASE("wkv7 rejects bad shapes with a message naming the tensor") {
                        "wkv7::sequence: 'y' or 'state' has no data", ms::shape_error);
 }
 
+TEST_CASE("wkv7 rejects outputs that share memory with its other tensors, naming both") {
+  // Written over an input, the backends and thread counts each computed something else.
+  const auto p = ref::random_problem(1, 5, 2, 16, 41);
+  const std::size_t seq = p.seq_size(), states = p.state_size();
+  // One buffer holding r, w, k, v, a, b, then room for outputs placed anywhere in it.
+  std::vector<float> buf(7 * seq + 2 * states);
+  for (int i = 0; i < 6; ++i) {
+    const std::vector<double>* x[] = {&p.r, &p.w, &p.k, &p.v, &p.a, &p.b};
+    std::copy(x[i]->begin(), x[i]->end(), buf.begin() + i * seq);
+  }
+  auto view = [&](std::size_t offset, int T_) { return ms::sequence_view<const float>(buf.data() + offset, 1, T_, 2, 16); };
+  auto out = [&](std::size_t offset, int T_) { return ms::sequence_view<float>(buf.data() + offset, 1, T_, 2, 16); };
+  auto inputs = [&](int T_) {
+    return ms::wkv7::inputs<float>{view(0, T_), view(seq, T_), view(2 * seq, T_), view(3 * seq, T_),
+                                   view(4 * seq, T_), view(5 * seq, T_)};
+  };
+  std::vector<float> state = harness::convert<float>(p.s0), y(seq);
+  const ms::state_view<float> sv(state.data(), 1, 2, 16);
+  const std::string tail = "' in memory; the op does not work in place, so outputs need memory of their own";
+  CHECK_THROWS_WITH_AS(ms::wkv7::sequence<16>(inputs(5), sv, out(0, 5)),
+                       ("wkv7::sequence: tensor 'y' overlaps 'r" + tail).c_str(), ms::overlap_error);
+  // A partial overlap: y starts in the middle of k.
+  CHECK_THROWS_WITH_AS(ms::wkv7::step<16>(inputs(1), sv, out(2 * seq + 8, 1)),
+                       ("wkv7::step: tensor 'y' overlaps 'k" + tail).c_str(), ms::overlap_error);
+  const ms::state_view<float> state_over_v(buf.data() + 3 * seq, 1, 2, 16);
+  CHECK_THROWS_WITH_AS(ms::wkv7::sequence<16>(inputs(5), state_over_v, ms::sequence_view<float>(y.data(), 1, 5, 2, 16)),
+                       ("wkv7::sequence: tensor 'state' overlaps 'v" + tail).c_str(), ms::overlap_error);
+  CHECK_THROWS_WITH_AS(ms::wkv7::sequence<16>(inputs(5), sv, ms::sequence_view<float>(state.data() + 100, 1, 5, 2, 16)),
+                       ("wkv7::sequence: tensor 'y' overlaps 'state" + tail).c_str(), ms::overlap_error);
+  std::vector<float> removal(seq), recorded(states);
+  const ms::sequence_view<float> yv(y.data(), 1, 5, 2, 16);
+  CHECK_THROWS_WITH_AS(ms::wkv7::sequence<16>(inputs(5), sv, yv, {}, ms::wkv7::record<float>{recorded.data(), y.data(), 8}),
+                       ("wkv7::sequence: tensor 'y' overlaps 'record.removal" + tail).c_str(), ms::overlap_error);
+  CHECK_THROWS_WITH_AS(
+      ms::wkv7::sequence<16>(inputs(5), sv, yv, {}, ms::wkv7::record<float>{buf.data() + 5 * seq, removal.data(), 8}),
+      ("wkv7::sequence: tensor 'record.states' overlaps 'b" + tail).c_str(), ms::overlap_error);
+  // Outputs right after the inputs (touching, not overlapping) run, and give the results of
+  // separate buffers; so do inputs that share memory (k and v the same tensor).
+  const auto reference = harness::run_sequence<16, ms::backend::default_backend, float>(p);
+  CHECK_NOTHROW(ms::wkv7::sequence<16>(inputs(5), sv, out(6 * seq, 5)));
+  CHECK(ref::rms_relative(harness::widen(std::vector<float>(buf.begin() + 6 * seq, buf.begin() + 7 * seq)),
+                          reference.y) <= 1e-6);
+  auto shared = p;
+  shared.v = shared.k;
+  const auto separate = harness::run_sequence<16, ms::backend::default_backend, float>(shared);
+  const auto s0 = harness::convert<float>(p.s0);
+  std::copy(s0.begin(), s0.end(), state.begin());  // (sv views state's buffer)
+  auto same_kv = inputs(5);
+  same_kv.v = same_kv.k;
+  CHECK_NOTHROW(ms::wkv7::sequence<16>(same_kv, sv, yv));
+  CHECK(ref::rms_relative(harness::widen(y), separate.y) == 0);
+}
+
 TEST_CASE("wkv7 validate_values rejects decays outside (0, 1] and non-finite inputs") {
   auto p = ref::random_problem(1, 2, 1, 8, 17);
   harness::stored_inputs<float> in(p);

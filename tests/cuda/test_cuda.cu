@@ -232,6 +232,18 @@ TEST_CASE("cuda errors are exceptions that name the call or the tensor") {
   };
   CHECK_THROWS_WITH_AS(wrong_y(),
                        doctest::Contains("tensor 'y' has shape [1,3,2,16], expected [1,3,2,32]"), ms::shape_error);
+  // Outputs over inputs are refused before anything runs (device addresses compare as host ones).
+  const ms::sequence_view<float> over_r(in.r.data(), 1, 3, 2, 32);
+  const auto in_place = [&] {
+    ms::wkv7::sequence<32, ms::backend::cuda>(in.all(), ms::state_view<float>(state.data(), 1, 2, 32), over_r);
+  };
+  CHECK_THROWS_WITH_AS(in_place(), doctest::Contains("tensor 'y' overlaps 'r'"), ms::overlap_error);
+  mc::device_buffer<float> m(2 * 32 * 32);
+  const auto fused_in_place = [&] {
+    mc::meta_state_sequence<32>(in.all(), ms::state_view<const float>(state.data(), 1, 2, 32), in.all().r,
+                                ms::state_view<float>(m.data(), 1, 2, 32), over_r);
+  };
+  CHECK_THROWS_WITH_AS(fused_in_place(), doctest::Contains("tensor 'o' overlaps 'x'"), ms::overlap_error);
 }
 
 int main(int argc, char** argv) {

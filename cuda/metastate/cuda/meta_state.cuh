@@ -93,6 +93,9 @@ void meta_state_sequence(const wkv7::inputs<T>& wkv, state_view<const float> sta
   expect_shape(context, "start", start.shape(), std::array<index_t, 4>{shape[0], H, head_size, head_size});
   expect_shape(context, "m", m.shape(), std::array<index_t, 4>{shape[0], H, n, n});
   expect_shape(context, "o", o.shape(), std::array<index_t, 4>{shape[0], shape[1], H, n});
+  expect_disjoint(context, std::array{bytes_of("o", o), bytes_of("m", m)},
+                  std::array{bytes_of("w", wkv.w), bytes_of("k", wkv.k), bytes_of("v", wkv.v), bytes_of("a", wkv.a),
+                   bytes_of("b", wkv.b), bytes_of("x", x), bytes_of("start", start)});
   using D = detail::device_t<T>;
   const detail::meta_state_params<D> params{
       detail::device_ptr(wkv.w.data()), detail::device_ptr(wkv.k.data()), detail::device_ptr(wkv.v.data()),
@@ -114,7 +117,7 @@ void meta_state_sequence(const wkv7::inputs<T>& wkv, state_view<const float> sta
 namespace metastate::meta_state::detail {
 
 // Found by argument-dependent lookup from `encode_sequence<N, backend::cuda>` and
-// `evolve<N, backend::cuda>` (their shapes are checked there).
+// `evolve<N, backend::cuda>` (their shapes and overlaps are checked there).
 
 template <int N, class T>
 void device_encode_sequence(on_device, std::integral_constant<int, N>, const wkv7::inputs<T>& wkv,
@@ -147,9 +150,6 @@ void device_evolve(on_device, std::integral_constant<int, Nn>, sequence_view<con
   namespace cd = metastate::cuda::detail;
   using D = cd::device_t<T>;
   const int n = static_cast<int>(m.head_size()), N = static_cast<int>(w.head_size());
-  expect_shape("meta_state::evolve", "e", e.shape(), std::array<index_t, 4>{w.batch(), w.tokens(), w.heads(), n});
-  expect_shape("meta_state::evolve", "o", o.shape(), std::array<index_t, 4>{w.batch(), w.tokens(), w.heads(), n});
-  expect_shape("meta_state::evolve", "m", m.shape(), std::array<index_t, 4>{w.batch(), w.heads(), n, n});
   // The WKV-7 recurrence on the first n channels with (r, k, v) = (x̃, e, e).
   const cd::recurrence_params<D> params{
       cd::device_ptr(x.data()), cd::device_ptr(w.data()),    cd::device_ptr(e.data()),

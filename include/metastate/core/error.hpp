@@ -1,7 +1,9 @@
 // metastate error types: every run-time error is a sentence naming what is wrong.
 #pragma once
 
+#include <array>
 #include <cstddef>
+#include <cstdint>
 #include <initializer_list>
 #include <sstream>
 #include <stdexcept>
@@ -22,6 +24,13 @@ class shape_error : public std::invalid_argument {
 class value_error : public std::domain_error {
  public:
   using std::domain_error::domain_error;
+};
+
+/// An output that shares memory with another tensor of the same call: the ops do not work
+/// in place (except on the states they update), and would silently compute wrong values.
+class overlap_error : public std::invalid_argument {
+ public:
+  using std::invalid_argument::invalid_argument;
 };
 
 /// A file that cannot be read or is malformed.
@@ -61,6 +70,67 @@ inline void expect_shape(const char* context, std::string_view name, const A& fo
     for (auto f : found) same = same && static_cast<long long>(f) == static_cast<long long>(*e++);
   }
   if (!same) throw_shape_mismatch(context, name, shape_string(found), shape_string(expected));
+}
+
+/// The memory of one tensor of a call: its name and the bytes [begin, end) it spans.
+struct tensor_bytes {
+  const char* name;
+  std::uintptr_t begin, end;
+};
+
+/// The bytes of `count` elements from `data`.
+template <class T>
+tensor_bytes bytes_of(const char* name, const T* data, std::size_t count) {
+  const auto begin = reinterpret_cast<std::uintptr_t>(data);
+  return {name, begin, begin + count * sizeof(T)};
+}
+
+/// The bytes a view (anything with `data()` and `size()` in elements) spans.
+template <class View>
+tensor_bytes bytes_of(const char* name, const View& view) {
+  return bytes_of(name, view.data(), static_cast<std::size_t>(view.size()));
+}
+
+/// Whether two tensors share a byte (an empty one shares none).
+inline bool overlap(const tensor_bytes& x, const tensor_bytes& y) {
+  return x.begin < x.end && y.begin < y.end && x.begin < y.end && y.begin < x.end;
+}
+
+/// The named check behind `expect_disjoint`: throws for the first pair that shares a byte.
+template <std::size_t W, std::size_t R>
+METASTATE_COLD void name_overlap(const char* context, const std::array<tensor_bytes, W>& written,
+                                 const std::array<tensor_bytes, R>& read) {
+  auto fail = [context](const tensor_bytes& w, const tensor_bytes& other) {
+    throw overlap_error(std::string(context) + ": tensor '" + w.name + "' overlaps '" + other.name +
+                        "' in memory; the op does not work in place, so outputs need memory of their own");
+  };
+  for (std::size_t i = 0; i < W; ++i) {
+    for (const auto& r : read)
+      if (overlap(written[i], r)) fail(written[i], r);
+    for (std::size_t j = i + 1; j < W; ++j)
+      if (overlap(written[i], written[j])) fail(written[i], written[j]);
+  }
+}
+
+/// Throws overlap_error "<context>: tensor '<w>' overlaps '<other>' in memory; ..." when a
+/// tensor the call writes shares a byte with one it reads or with another one it writes.
+/// Inputs may share memory with each other. Every pair is first compared without branches
+/// (a one-head step takes under 300 ns): ranges that interleave are an overlap unless one
+/// is empty, which only the named check tells apart.
+template <std::size_t W, std::size_t R>
+METASTATE_ALWAYS_INLINE void expect_disjoint(const char* context, const std::array<tensor_bytes, W>& written,
+                                             const std::array<tensor_bytes, R>& read) {
+  bool apart = true;
+#pragma GCC unroll 8
+  for (std::size_t i = 0; i < W; ++i) {
+#pragma GCC unroll 16
+    for (std::size_t j = 0; j < R; ++j)
+      apart &= (written[i].end <= read[j].begin) | (read[j].end <= written[i].begin);
+#pragma GCC unroll 8
+    for (std::size_t j = i + 1; j < W; ++j)
+      apart &= (written[i].end <= written[j].begin) | (written[j].end <= written[i].begin);
+  }
+  if (!apart) name_overlap(context, written, read);
 }
 
 }  // namespace metastate

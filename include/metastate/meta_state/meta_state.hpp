@@ -135,6 +135,7 @@ void encode(state_view<const S> state, sequence_view<const T> x, sequence_view<T
   detail::check_sse_dim("meta_state::encode", n, N);
   expect_shape("meta_state::encode", "x", x.shape(), std::array<index_t, 4>{B, 1, H, N});
   expect_shape("meta_state::encode", "e", e.shape(), std::array<index_t, 4>{B, 1, H, n});
+  expect_disjoint("meta_state::encode", std::array{bytes_of("e", e)}, std::array{bytes_of("state", state), bytes_of("x", x)});
   using A = accum_t<T>;
   using matrix = Eigen::Matrix<A, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   for (index_t b = 0; b < B; ++b)
@@ -157,6 +158,9 @@ void encode_sequence(const wkv7::inputs<T>& wkv, state_view<const S> start, sequ
   detail::check_sse_dim("meta_state::encode_sequence", n, shape[3]);
   expect_shape("meta_state::encode_sequence", "x", x.shape(), shape);
   expect_shape("meta_state::encode_sequence", "e", e.shape(), std::array<index_t, 4>{shape[0], shape[1], shape[2], n});
+  expect_disjoint("meta_state::encode_sequence", std::array{bytes_of("e", e)},
+                  std::array{bytes_of("r", wkv.r), bytes_of("w", wkv.w), bytes_of("k", wkv.k), bytes_of("v", wkv.v),
+                   bytes_of("a", wkv.a), bytes_of("b", wkv.b), bytes_of("start", start), bytes_of("x", x)});
   if constexpr (detail::is_cuda<Backend>) {
     device_encode_sequence(detail::on_device{}, std::integral_constant<int, N>{}, wkv, start, x, e, n, opt);
   } else {
@@ -211,6 +215,12 @@ void encode_recorded(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, s
   if (every > max_every)
     throw shape_error(std::string(context) + ": a record every " + std::to_string(every) +
                       " tokens; the encoder takes at most " + std::to_string(max_every));
+  expect_disjoint(context, std::array{bytes_of("e", e)},
+                  std::array{bytes_of("r", wkv.r), bytes_of("w", wkv.w), bytes_of("k", wkv.k), bytes_of("v", wkv.v),
+                   bytes_of("a", wkv.a), bytes_of("b", wkv.b), bytes_of("x", x),
+                   bytes_of("record.states", saved.states,
+                            static_cast<std::size_t>(wkv7::recorded_states(T_, every) * B * H * N * N)),
+                   bytes_of("record.removal", saved.removal, static_cast<std::size_t>(wkv.r.size()))});
   using batch = xsimd::batch<S, backend::default_simd_arch>;
   constexpr index_t L = static_cast<index_t>(batch::size);
   // Units are (batch, head, block) in that order. With at least as many (batch, head) items
@@ -368,6 +378,11 @@ void evolve(sequence_view<const T> w, sequence_view<const T> a, sequence_view<co
   detail::check_sse_dim("meta_state::evolve", n, w.head_size());
   for (const auto& [name, view] : {std::pair{"a", &a}, std::pair{"b", &b}, std::pair{"x", &x}})
     expect_shape("meta_state::evolve", name, view->shape(), w.shape());
+  expect_shape("meta_state::evolve", "e", e.shape(), std::array<index_t, 4>{w.batch(), w.tokens(), w.heads(), n});
+  expect_shape("meta_state::evolve", "o", o.shape(), std::array<index_t, 4>{w.batch(), w.tokens(), w.heads(), n});
+  expect_shape("meta_state::evolve", "m", m.shape(), std::array<index_t, 4>{w.batch(), w.heads(), n, n});
+  expect_disjoint("meta_state::evolve", std::array{bytes_of("o", o), bytes_of("m", m)},
+                  std::array{bytes_of("w", w), bytes_of("a", a), bytes_of("b", b), bytes_of("e", e), bytes_of("x", x)});
   // The Meta-State recurrence IS the WKV-7 op with (r, k, v) = (x̃, e, e) on the first n channels.
   if constexpr (detail::is_cuda<Backend>) {
     device_evolve(detail::on_device{}, std::integral_constant<int, Nn>{}, w, a, b, e, x, m, o, opt);

@@ -20,8 +20,9 @@
 /// The WKV-7 op. Per (batch, head), with `S` the N x N state (row = value index):
 ///   u_t = S_{t-1} a_t;  S_t = S_{t-1} diag(w_t) + u_t b_tᵀ + v_t k_tᵀ;  y_t = S_t r_t.
 ///
-/// Aliasing: the state is the destination and is updated in place; `y` must not overlap
-/// the inputs or the state. Inputs are read-only.
+/// Aliasing: the state is the destination and is updated in place; `y` (and a `record`'s
+/// storage) must not overlap the inputs, the state or each other (checked: overlap_error).
+/// Inputs are read-only and may share memory.
 namespace metastate::wkv7 {
 
 /// Options of a call: threads, and how the decay is given.
@@ -125,10 +126,14 @@ void checked_run(const char* context, const inputs<T>& in, state_view<S> state, 
       {"r", &in.r}, {"w", &in.w}, {"k", &in.k}, {"v", &in.v}, {"a", &in.a}, {"b", &in.b}};
   // Everything at once first; the tensors are named only when something is wrong (naming
   // each costs a few % of a one-head step).
-  bool fine = y.shape() == expected && state.shape() == expected_state && (y.size() == 0 || y.data()) &&
+  // (std::array's == is a call to memcmp per shape.)
+  auto same = [](const std::array<index_t, 4>& x, const std::array<index_t, 4>& e) {
+    return (x[0] == e[0]) & (x[1] == e[1]) & (x[2] == e[2]) & (x[3] == e[3]);
+  };
+  bool fine = same(y.shape(), expected) && same(state.shape(), expected_state) && (y.size() == 0 || y.data()) &&
               (state.size() == 0 || state.data());
   for (const auto& entry : named)
-    fine = fine && entry.second->shape() == expected && (entry.second->size() == 0 || entry.second->data());
+    fine = fine && same(entry.second->shape(), expected) && (entry.second->size() == 0 || entry.second->data());
   if (!fine) {
     for (const auto& [name, view] : named) {
       expect_shape(context, name, view->shape(), expected);
@@ -143,6 +148,15 @@ void checked_run(const char* context, const inputs<T>& in, state_view<S> state, 
   if (saved.every < 0 || (saved.every > 0 && (saved.removal == nullptr || saved.states == nullptr)))
     throw shape_error(std::string(context) + ": a record needs every >= 0 and, when every > 0, 'removal' and " +
                       "'states' storage; got every = " + std::to_string(saved.every));
+  // Outputs need memory of their own: written over an input or the state, each backend and
+  // thread count computed something else, all of it wrong. Inputs may share memory.
+  const auto states = static_cast<std::size_t>(recorded_states(expected[1], saved.every) * state.size()),
+             removals = static_cast<std::size_t>(saved.every > 0 ? y.size() : 0);
+  expect_disjoint(context,
+                  std::array{bytes_of("y", y), bytes_of("state", state), bytes_of("record.states", saved.states, states),
+                             bytes_of("record.removal", saved.removal, removals)},
+                  std::array{bytes_of("r", in.r), bytes_of("w", in.w), bytes_of("k", in.k), bytes_of("v", in.v),
+                             bytes_of("a", in.a), bytes_of("b", in.b)});
   if (std::is_same_v<Backend, backend::cuda> && saved.every != 0)
     throw shape_error(std::string(context) + ": the cuda backend does not record (record.every must be 0)");
   // Device memory cannot be read here: the cuda backend leaves values unchecked.
