@@ -170,4 +170,13 @@ TEST_CASE("bad growth requests are refused with a message") {
   auto meta = base_model(cases[3]);
   CHECK_THROWS_WITH_AS(sc::grow(meta, {0, 6, 0, 0.0}), doctest::Contains("cannot add heads to a model with Meta-State"),
                        ms::shape_error);
+  CHECK_THROWS_WITH_AS(sc::grow(meta, {0, 0, 0, -1.0}),
+                       doctest::Contains("meta_state_output_std must be finite and >= 0"), ms::value_error);
+  // A state grows only to a config at least as large, with the same layers, width and blocks.
+  const auto grown = sc::grow(rwkv7, {32, 0, 0, 0.0});
+  const mm::rwkv7_state small(rwkv7.config, 1), large(grown.config, 1);
+  CHECK_THROWS_WITH_AS(sc::grow_state(large, rwkv7.config), doctest::Contains("grow_state: cannot grow a state"),
+                       ms::shape_error);
+  CHECK_THROWS_WITH_AS(sc::grow_state(small, meta.config), doctest::Contains("blocks must match"), ms::shape_error);
+  CHECK_NOTHROW(sc::grow_state(small, grown.config));
 }

@@ -138,6 +138,45 @@ TEST_CASE("meta-state ops reject outputs that share memory with their other tens
   CHECK_NOTHROW(ms::meta_state::evolve<N>(w, a, b, cseq(e.data()), cseq(x.data()), mv, seq(o.data()), ws));
 }
 
+TEST_CASE("meta-state ops check every tensor's shape and name it") {
+  const int T_ = 8, N = 16;
+  const auto p = ref::random_problem(1, T_, 2, N, 9);
+  const harness::stored_inputs<float> in(p);
+  std::vector<float> x(p.seq_size()), e(p.seq_size()), o(p.seq_size()), m(p.state_size()), start(p.state_size()),
+      states(p.state_size()), removal(p.seq_size());
+  ms::meta_state::workspace<float> ws;
+  const ms::sequence_view<const float> xv(x.data(), 1, T_, 2, N), short_w(in.w.data(), 1, 1, 2, N);
+  const ms::sequence_view<float> ev(e.data(), 1, T_, 2, N);
+  auto with_w = [&](ms::sequence_view<const float> w) {
+    auto all = in.all();
+    all.w = w;
+    return all;
+  };
+  const ms::wkv7::record<float> saved{states.data(), removal.data(), 8};
+  CHECK_THROWS_WITH_AS(ms::meta_state::encode_recorded(with_w(short_w), saved, xv, ev, N, ws),
+                       "meta_state::encode_recorded: tensor 'w' has shape [1,1,2,16], expected [1,8,2,16]",
+                       ms::shape_error);
+  CHECK_THROWS_WITH_AS(ms::meta_state::encode_recorded(with_w(ms::sequence_view<const float>(nullptr, 1, T_, 2, N)),
+                                                       saved, xv, ev, N, ws),
+                       "meta_state::encode_recorded: tensor 'w' has no data", ms::shape_error);
+  ms::wkv7::options negative;
+  negative.exec.threads = -1;
+  CHECK_THROWS_WITH_AS(ms::meta_state::encode_recorded(in.all(), saved, xv, ev, N, ws, negative),
+                       "exec.threads must be >= 0 (0: OpenMP's default), got -1", ms::value_error);
+  CHECK_THROWS_WITH_AS(ms::meta_state::encode_sequence<N>(in.all(), ms::state_view<const float>(start.data(), 1, 1, N),
+                                                          xv, ev, N, ws),
+                       "meta_state::encode_sequence: tensor 'start' has shape [1,1,16,16], expected [1,2,16,16]",
+                       ms::shape_error);
+  CHECK_THROWS_WITH_AS(ms::meta_state::encode_sequence<32>(in.all(), ms::state_view<const float>(start.data(), 1, 2, N),
+                                                           xv, ev, N, ws),
+                       "meta_state::encode_sequence: tensor 'r' has shape [1,8,2,16], expected [1,8,2,32]",
+                       ms::shape_error);
+  CHECK_THROWS_WITH_AS(ms::meta_state::evolve<8>(in.view(in.w), in.view(in.a), in.view(in.b), ms::sequence_view<const float>(ev),
+                                                 xv, ms::state_view<float>(m.data(), 1, 2, N),
+                                                 ms::sequence_view<float>(o.data(), 1, T_, 2, N), ws),
+                       "meta_state::evolve: tensor 'm' has head size 16, the template head size is 8", ms::shape_error);
+}
+
 TEST_CASE("meta-state models match the fp64 reference (SPEC §4, §7: 1e-5)") {
   struct shape {
     const char* blocks;

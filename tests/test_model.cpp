@@ -129,6 +129,44 @@ TEST_CASE("rwkv7 forward rejects tokens outside the vocabulary") {
                        "rwkv7 forward: token 40 at position 1 is outside the vocabulary [0, 40)", ms::value_error);
 }
 
+TEST_CASE("rwkv7 forward rejects null buffers and token counts it cannot run") {
+  const auto w = mm::initialise(fixture::small_config(1, 32, 2, 16, 40), 14, mm::init_kind::random);
+  mm::rwkv7_state s(w.config, 1);
+  const std::vector<std::int64_t> tokens{3, 7};
+  std::vector<float> logits(2 * 40);
+  CHECK_THROWS_WITH_AS(mm::forward(w, tokens.data(), 2, s, nullptr),
+                       doctest::Contains("'logits' is null, but opt.logits asks for logits"), ms::value_error);
+  CHECK_THROWS_WITH_AS(mm::forward(w, nullptr, 2, s, logits.data()), "rwkv7 forward: 'tokens' is null",
+                       ms::value_error);
+  CHECK_THROWS_WITH_AS(mm::forward(w, tokens.data(), -3, s, logits.data()),
+                       "rwkv7 forward: the token count must be >= 0, got -3", ms::value_error);
+  mm::forward_options last;
+  last.logits = mm::logits_for::last_token;
+  CHECK_THROWS_WITH_AS(mm::forward(w, tokens.data(), 0, s, logits.data(), last),
+                       "rwkv7 forward: logits_for::last_token needs at least one token", ms::value_error);
+  mm::forward_options none;
+  none.logits = mm::logits_for::none;
+  CHECK_NOTHROW(mm::forward(w, tokens.data(), 2, s, nullptr, none));  // only the state
+  none.exec.threads = -1;
+  CHECK_THROWS_WITH_AS(mm::forward(w, tokens.data(), 2, s, nullptr, none),
+                       "exec.threads must be >= 0 (0: OpenMP's default), got -1", ms::value_error);
+}
+
+TEST_CASE("rwkv7 configs with sizes that cannot run are refused") {
+  auto zero_group = fixture::small_config(1, 32, 2, 16, 40);
+  zero_group.group_size = 0;
+  CHECK_THROWS_WITH_AS(mm::initialise(zero_group, 1),
+                       "initialise: the GroupNorm group size 0 does not divide the attention width 32",
+                       ms::shape_error);
+  auto no_heads = fixture::small_config(2, 32, 2, 16, 40, 0, "FM");
+  no_heads.heads = 0;
+  CHECK_THROWS_WITH_AS(mm::initialise(no_heads, 1), doctest::Contains("initialise: need positive sizes"),
+                       ms::shape_error);
+  auto blocks = fixture::small_config(2, 32, 2, 16, 40);
+  blocks.blocks.pop_back();
+  CHECK_THROWS_WITH_AS(mm::initialise(blocks, 1), "initialise: 1 block kinds for 2 layers", ms::shape_error);
+}
+
 TEST_CASE("rwkv7 load reports missing, extra and mis-shaped tensors by name") {
   auto w = mm::initialise(fixture::small_config(2, 32, 2, 16, 40), 15, mm::init_kind::random);
   fixture::temp_dir dir("load");

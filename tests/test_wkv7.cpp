@@ -265,6 +265,19 @@ TEST_CASE("wkv7 rejects bad shapes with a message naming the tensor") {
                        "wkv7::sequence: 'y' or 'state' has no data", ms::shape_error);
   CHECK_THROWS_WITH_AS(ms::wkv7::sequence(in, ms::state_view<float>(nullptr, B, H, N), yv),
                        "wkv7::sequence: 'y' or 'state' has no data", ms::shape_error);
+  // Negative extents multiply to a positive size; every view agreeing with r's must not pass.
+  const ms::sequence_view<const float> negative(buf.data(), -1, T_, -2, N);
+  CHECK_THROWS_WITH_AS(ms::wkv7::sequence(ms::wkv7::inputs<float>{negative, negative, negative, negative, negative,
+                                                                  negative},
+                                          ms::state_view<float>(state.data(), -1, -2, N),
+                                          ms::sequence_view<float>(y.data(), -1, T_, -2, N)),
+                       "wkv7::sequence: tensor 'r' has a negative extent [-1,3,-2,16]", ms::shape_error);
+  ms::wkv7::options opt;
+  opt.exec.threads = -2;
+  const ms::sequence_view<const float> one(buf.data(), B, 1, H, N);
+  CHECK_THROWS_WITH_AS(ms::wkv7::step(ms::wkv7::inputs<float>{one, one, one, one, one, one}, sv,
+                                      ms::sequence_view<float>(y.data(), B, 1, H, N), opt),
+                       "wkv7::step: exec.threads must be >= 0 (0: OpenMP's default), got -2", ms::value_error);
 }
 
 TEST_CASE("wkv7 rejects outputs that share memory with its other tensors, naming both") {

@@ -126,8 +126,6 @@ void device_encode_sequence(on_device, std::integral_constant<int, N>, const wkv
   namespace cd = metastate::cuda::detail;
   using D = cd::device_t<T>;
   const auto& shape = wkv.r.shape();
-  expect_shape("meta_state::encode_sequence", "start", start.shape(),
-               std::array<index_t, 4>{shape[0], shape[2], shape[3], shape[3]});
   const int N_ = static_cast<int>(shape[3]);
   // The replay: the WKV recurrence from `start` (kept) with x̃[:n] as the query; y[:n] is e.
   const cd::recurrence_params<D> params{

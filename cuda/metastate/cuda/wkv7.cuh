@@ -127,6 +127,9 @@ void with_head_size(const char* context, int n, F&& f) {
     throw shape_error(std::string(context) + ": head size " + std::to_string(n) +
                       " is outside the cuda backend's range [1, 128]");
   if constexpr (N != dynamic) {
+    if (n > N)  // N threads per head would leave rows N.. undone
+      throw shape_error(std::string(context) + ": head size " + std::to_string(n) + " exceeds the template head size " +
+                        std::to_string(N));
     f(std::integral_constant<int, N>{});
   } else {
     switch ((n + 15) / 16) {

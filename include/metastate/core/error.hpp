@@ -72,6 +72,17 @@ inline void expect_shape(const char* context, std::string_view name, const A& fo
   if (!same) throw_shape_mismatch(context, name, shape_string(found), shape_string(expected));
 }
 
+/// Throws shape_error "<context>: tensor '<name>' has a negative extent [..]": views do not
+/// check their extents, and negative ones can multiply to a positive size.
+template <class Shape>
+inline void expect_extents(const char* context, std::string_view name, const Shape& shape) {
+  bool negative = false;
+  for (auto extent : shape) negative |= extent < 0;
+  if (negative)
+    throw shape_error(std::string(context) + ": tensor '" + std::string(name) + "' has a negative extent " +
+                      shape_string(shape));
+}
+
 /// The memory of one tensor of a call: its name and the bytes [begin, end) it spans.
 struct tensor_bytes {
   const char* name;

@@ -1,7 +1,10 @@
 // OpenMP policy: threads only at the outermost independent axis, never nested, compiled out cleanly.
 #pragma once
 
+#include <string>
+
 #include "metastate/core/config.hpp"
+#include "metastate/core/error.hpp"
 #if METASTATE_HAS_OPENMP
 #include <omp.h>
 #endif
@@ -18,6 +21,8 @@ struct exec_policy {
 
 /// The thread count a call will run with: 1 without OpenMP or inside a parallel region.
 inline int resolve_threads(const exec_policy& policy) {
+  if (policy.threads < 0)
+    throw value_error("exec.threads must be >= 0 (0: OpenMP's default), got " + std::to_string(policy.threads));
 #if METASTATE_HAS_OPENMP
   if (omp_in_parallel()) return 1;
   return policy.threads > 0 ? policy.threads : omp_get_max_threads();
@@ -28,7 +33,9 @@ inline int resolve_threads(const exec_policy& policy) {
 }
 
 /// Runs `work(thread)` for thread = 0 .. threads − 1, in one parallel region (none for one
-/// thread: even a one-thread region costs about a microsecond).
+/// thread: even a one-thread region costs about a microsecond). OpenMP may start fewer
+/// threads than asked (OMP_THREAD_LIMIT, OMP_DYNAMIC); those it starts then share the
+/// missing ones' work, which would otherwise be left undone.
 template <class Work>
 void run_threads(int threads, Work&& work) {
   if (threads == 1) {
@@ -37,7 +44,9 @@ void run_threads(int threads, Work&& work) {
   }
 #if METASTATE_HAS_OPENMP
 #pragma omp parallel num_threads(threads)
-  work(omp_get_thread_num());
+  for (int thread = omp_get_thread_num(); thread < threads; thread += omp_get_num_threads()) work(thread);
+#else
+  for (int thread = 0; thread < threads; ++thread) work(thread);
 #endif
 }
 

@@ -132,6 +132,7 @@ template <class T, class S>
 void encode(state_view<const S> state, sequence_view<const T> x, sequence_view<T> e, int n) {
   static_assert(std::is_same_v<S, accum_t<T>>, "THE_STATE_MUST_HAVE_THE_ACCUMULATE_TYPE_OF_THE_STORAGE_TYPE");
   const index_t B = state.batch(), H = state.heads(), N = state.head_size();
+  expect_extents("meta_state::encode", "state", state.shape());
   detail::check_sse_dim("meta_state::encode", n, N);
   expect_shape("meta_state::encode", "x", x.shape(), std::array<index_t, 4>{B, 1, H, N});
   expect_shape("meta_state::encode", "e", e.shape(), std::array<index_t, 4>{B, 1, H, n});
@@ -156,6 +157,10 @@ void encode_sequence(const wkv7::inputs<T>& wkv, state_view<const S> start, sequ
                 "THE_CUDA_BACKEND_NEEDS_NVCC_AND_THE_METASTATE_CUDA_HEADERS");
   const auto& shape = wkv.r.shape();
   detail::check_sse_dim("meta_state::encode_sequence", n, shape[3]);
+  if (N != dynamic)  // (the cuda kernels launch N threads per head whatever the views say)
+    expect_shape("meta_state::encode_sequence", "r", shape, std::array<index_t, 4>{shape[0], shape[1], shape[2], N});
+  expect_shape("meta_state::encode_sequence", "start", start.shape(),
+               std::array<index_t, 4>{shape[0], shape[2], shape[3], shape[3]});
   expect_shape("meta_state::encode_sequence", "x", x.shape(), shape);
   expect_shape("meta_state::encode_sequence", "e", e.shape(), std::array<index_t, 4>{shape[0], shape[1], shape[2], n});
   expect_disjoint("meta_state::encode_sequence", std::array{bytes_of("e", e)},
@@ -206,9 +211,20 @@ void encode_recorded(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, s
   const char* context = "meta_state::encode_recorded";
   const auto& shape = wkv.r.shape();
   const index_t B = shape[0], T_ = shape[1], H = shape[2], N = shape[3], every = saved.every;
+  expect_extents(context, "r", shape);
   detail::check_sse_dim(context, n, N);
-  expect_shape(context, "x", x.shape(), shape);
+  auto expect_data = [context](const char* name, const auto& view) {
+    if (view.size() > 0 && view.data() == nullptr)
+      throw shape_error(std::string(context) + ": tensor '" + name + "' has no data");
+  };
+  const std::pair<const char*, sequence_view<const T>> named[] = {
+      {"r", wkv.r}, {"w", wkv.w}, {"k", wkv.k}, {"v", wkv.v}, {"a", wkv.a}, {"b", wkv.b}, {"x", x}};
+  for (const auto& [name, view] : named) {
+    expect_shape(context, name, view.shape(), shape);
+    expect_data(name, view);
+  }
   expect_shape(context, "e", e.shape(), std::array<index_t, 4>{B, T_, H, n});
+  expect_data("e", e);
   if (every <= 0 || saved.removal == nullptr || saved.states == nullptr)
     throw shape_error(std::string(context) + ": the record needs every >= 1 and 'removal' and 'states' storage, " +
                       "got every = " + std::to_string(every));
@@ -376,6 +392,9 @@ void evolve(sequence_view<const T> w, sequence_view<const T> a, sequence_view<co
                 "THE_CUDA_BACKEND_NEEDS_NVCC_AND_THE_METASTATE_CUDA_HEADERS");
   const int n = static_cast<int>(m.head_size());
   detail::check_sse_dim("meta_state::evolve", n, w.head_size());
+  if (Nn != dynamic && n != Nn)
+    throw shape_error("meta_state::evolve: tensor 'm' has head size " + std::to_string(n) +
+                      ", the template head size is " + std::to_string(Nn));
   for (const auto& [name, view] : {std::pair{"a", &a}, std::pair{"b", &b}, std::pair{"x", &x}})
     expect_shape("meta_state::evolve", name, view->shape(), w.shape());
   expect_shape("meta_state::evolve", "e", e.shape(), std::array<index_t, 4>{w.batch(), w.tokens(), w.heads(), n});

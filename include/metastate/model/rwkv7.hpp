@@ -227,7 +227,8 @@ class eigen_threads {
 /// Runs `tokens` ([B, T] row-major, B = state.batch) through the model from `state`, which
 /// is updated. Writes logits as `opt.logits` asks (row-major, F32).
 /// Throws shape_error if the state was made for another model, value_error for a token
-/// outside [0, V).
+/// outside [0, V), a negative T, a null `tokens`, or a null `logits` when `opt.logits` asks
+/// for logits (or for the last token's of none).
 inline void forward(const rwkv7_weights& w, const std::int64_t* tokens, index_t T, rwkv7_state& state,
                     float* logits, const forward_options& opt = {}) {
   const auto& c = w.config;
@@ -236,6 +237,12 @@ inline void forward(const rwkv7_weights& w, const std::int64_t* tokens, index_t 
                       detail::config_string(state.config, state.batch) + ", this model has " +
                       detail::config_string(c, state.batch));
   if (opt.chunk <= 0) throw value_error("rwkv7 forward: chunk must be positive");
+  if (T < 0) throw value_error("rwkv7 forward: the token count must be >= 0, got " + std::to_string(T));
+  if (T > 0 && tokens == nullptr) throw value_error("rwkv7 forward: 'tokens' is null");
+  if (opt.logits != logits_for::none && logits == nullptr)
+    throw value_error("rwkv7 forward: 'logits' is null, but opt.logits asks for logits (logits_for::none skips them)");
+  if (opt.logits == logits_for::last_token && T == 0)
+    throw value_error("rwkv7 forward: logits_for::last_token needs at least one token");
   const int B = state.batch;
   for (index_t i = 0; i < B * T; ++i)
     if (tokens[i] < 0 || tokens[i] >= c.vocab)

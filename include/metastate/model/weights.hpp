@@ -189,6 +189,21 @@ inline const io::tensor_info& find_2d(const io::safetensors_file& f, const std::
 
 }  // namespace detail
 
+/// Throws unless the sizes are positive, a block kind is given per layer, and the GroupNorm
+/// group divides the attention width (a zero would be a division by zero later).
+inline void check_sizes(const rwkv7_config& c, const std::string& source) {
+  if (c.layers <= 0 || c.width <= 0 || c.heads <= 0 || c.head_size <= 0 || c.vocab <= 0)
+    throw shape_error(source + ": need positive sizes, got layers " + std::to_string(c.layers) + ", width " +
+                      std::to_string(c.width) + ", heads " + std::to_string(c.heads) + ", head size " +
+                      std::to_string(c.head_size) + ", vocab " + std::to_string(c.vocab));
+  if (static_cast<int>(c.blocks.size()) != c.layers)
+    throw shape_error(source + ": " + std::to_string(c.blocks.size()) + " block kinds for " +
+                      std::to_string(c.layers) + " layers");
+  if (c.group_size <= 0 || c.attention_width() % c.group_size != 0)
+    throw shape_error(source + ": the GroupNorm group size " + std::to_string(c.group_size) +
+                      " does not divide the attention width " + std::to_string(c.attention_width()));
+}
+
 /// Throws unless the Meta-State sizes are consistent: 1 ≤ sse_dim ≤ N, H divides C, and
 /// N = N0 unless there is a projection.
 inline void check_meta_state(const rwkv7_config& c, const std::string& source) {
@@ -253,6 +268,7 @@ inline rwkv7_config read_config(const io::safetensors_file& f) {
   c.original_head_size = detail::metadata_int(f, "original_head_size", c.head_size);
   c.original_sse_dim = detail::metadata_int(f, "original_sse_dim", c.sse_dim);
   c.original_projection = detail::metadata_int(f, "original_projection", c.projection) != 0;
+  check_sizes(c, f.source());
   if (c.has_meta_state()) check_meta_state(c, f.source());
   return c;
 }
@@ -347,9 +363,7 @@ inline rwkv7_config make_config(int layers, int width, int head_size, int vocab)
 /// Initialises a model of the given sizes. `official` follows the x070 training code
 /// (RWKV-LM `RWKV-v7/train_temp`); `random` makes every tensor non-trivial.
 inline rwkv7_weights initialise(const rwkv7_config& config, std::uint64_t seed, init_kind kind = init_kind::official) {
-  if (static_cast<int>(config.blocks.size()) != config.layers)
-    throw shape_error("initialise: " + std::to_string(config.blocks.size()) + " block kinds for " +
-                      std::to_string(config.layers) + " layers");
+  check_sizes(config, "initialise");
   if (config.has_meta_state()) check_meta_state(config, "initialise");
   rwkv7_weights w;
   w.config = config;

@@ -113,6 +113,9 @@ inline model::rwkv7_config grown_config(const model::rwkv7_config& c, const grow
 /// everything else that is new.
 inline model::rwkv7_weights grow(model::rwkv7_weights& w, const growth& g) {
   const auto& from = w.config;
+  if (!(std::isfinite(g.meta_state_output_std) && g.meta_state_output_std >= 0))
+    throw value_error("grow: meta_state_output_std must be finite and >= 0, got " +
+                      std::to_string(g.meta_state_output_std));
   model::rwkv7_weights out;
   out.config = grown_config(from, g);
   model::detail::allocate(out);
@@ -132,7 +135,11 @@ inline model::rwkv7_weights grow(model::rwkv7_weights& w, const growth& g) {
     const auto kind = detail::axis_of(dst.name);
     const bool zero_new = dst.name.find("att.key.weight") != std::string::npos ||
                           dst.name.find("att.output.weight") != std::string::npos || kind == detail::axis::proj_rows;
-    std::normal_distribution<float> normal(0.0f, float(kind == detail::axis::meta_cols ? g.meta_state_output_std : rms));
+    // σ · z rather than a distribution of σ: σ is 0 for the default W_o columns and for
+    // all-zero tensors, where std::normal_distribution is undefined. Every new entry draws
+    // its z, as before.
+    const float sigma = float(kind == detail::axis::meta_cols ? g.meta_state_output_std : rms);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
     for (std::int64_t i = 0; i < dst.size(); ++i) {
       const auto s = src ? detail::source_index(dst.name, dst.shape, i, out.config, from.heads, from.head_size,
                                                 from.sse_dim, from.projection)
@@ -141,7 +148,7 @@ inline model::rwkv7_weights grow(model::rwkv7_weights& w, const growth& g) {
       else if (kind == detail::axis::proj_rows) {  // P = [I; 0] where the model had no P
         const std::int64_t r = i / dst.shape.back(), c = i % dst.shape.back();
         dst.data[i] = !from.projection && r == c ? 1.0f : 0.0f;
-      } else dst.data[i] = zero_new ? 0.0f : normal(gen);
+      } else dst.data[i] = zero_new ? 0.0f : sigma * normal(gen);
     }
   }
   return out;
@@ -151,6 +158,11 @@ inline model::rwkv7_weights grow(model::rwkv7_weights& w, const growth& g) {
 /// M' likewise per head, new heads zero; the token-shift rows are unchanged.
 inline model::rwkv7_state grow_state(const model::rwkv7_state& s, const model::rwkv7_config& to) {
   const auto& from = s.config;
+  if (!(to.layers == from.layers && to.width == from.width && to.blocks == from.blocks && to.heads >= from.heads &&
+        to.head_size >= from.head_size && to.sse_dim >= from.sse_dim))
+    throw shape_error("grow_state: cannot grow a state of a model with " + model::detail::config_string(from, s.batch) +
+                      " to one with " + model::detail::config_string(to, s.batch) +
+                      " (layers, width and blocks must match; heads, head size and sse_dim cannot shrink)");
   model::rwkv7_state out(to, s.batch);
   auto pad = [&](const aligned_vector<float>& src, aligned_vector<float>& dst, int n_from, int n_to) {
     for (int b = 0; b < s.batch; ++b)

@@ -134,7 +134,9 @@ void checked_run(const char* context, const inputs<T>& in, state_view<S> state, 
               (state.size() == 0 || state.data());
   for (const auto& entry : named)
     fine = fine && same(entry.second->shape(), expected) && (entry.second->size() == 0 || entry.second->data());
+  fine = fine && (shape[0] >= 0) & (shape[1] >= 0) & (shape[2] >= 0);
   if (!fine) {
+    expect_extents(context, "r", shape);
     for (const auto& [name, view] : named) {
       expect_shape(context, name, view->shape(), expected);
       if (view->size() > 0 && view->data() == nullptr)
@@ -145,6 +147,9 @@ void checked_run(const char* context, const inputs<T>& in, state_view<S> state, 
     throw shape_error(std::string(context) + ": 'y' or 'state' has no data");
   }
   if (n <= 0) throw shape_error(std::string(context) + ": head size must be positive, got " + std::to_string(n));
+  if (opt.exec.threads < 0)
+    throw value_error(std::string(context) + ": exec.threads must be >= 0 (0: OpenMP's default), got " +
+                      std::to_string(opt.exec.threads));
   if (saved.every < 0 || (saved.every > 0 && (saved.removal == nullptr || saved.states == nullptr)))
     throw shape_error(std::string(context) + ": a record needs every >= 0 and, when every > 0, 'removal' and " +
                       "'states' storage; got every = " + std::to_string(saved.every));
