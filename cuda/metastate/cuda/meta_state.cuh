@@ -95,7 +95,7 @@ void meta_state_sequence(const wkv7::inputs<T>& wkv, state_view<const float> sta
   expect_shape(context, "o", o.shape(), std::array<index_t, 4>{shape[0], shape[1], H, n});
   expect_disjoint(context, std::array{bytes_of("o", o), bytes_of("m", m)},
                   std::array{bytes_of("w", wkv.w), bytes_of("k", wkv.k), bytes_of("v", wkv.v), bytes_of("a", wkv.a),
-                   bytes_of("b", wkv.b), bytes_of("x", x), bytes_of("start", start)});
+                             bytes_of("b", wkv.b), bytes_of("x", x), bytes_of("start", start)});
   using D = detail::device_t<T>;
   const detail::meta_state_params<D> params{
       detail::device_ptr(wkv.w.data()), detail::device_ptr(wkv.k.data()), detail::device_ptr(wkv.v.data()),

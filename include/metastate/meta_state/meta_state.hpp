@@ -136,7 +136,8 @@ void encode(state_view<const S> state, sequence_view<const T> x, sequence_view<T
   detail::check_sse_dim("meta_state::encode", n, N);
   expect_shape("meta_state::encode", "x", x.shape(), std::array<index_t, 4>{B, 1, H, N});
   expect_shape("meta_state::encode", "e", e.shape(), std::array<index_t, 4>{B, 1, H, n});
-  expect_disjoint("meta_state::encode", std::array{bytes_of("e", e)}, std::array{bytes_of("state", state), bytes_of("x", x)});
+  expect_disjoint("meta_state::encode", std::array{bytes_of("e", e)},
+                  std::array{bytes_of("state", state), bytes_of("x", x)});
   using A = accum_t<T>;
   using matrix = Eigen::Matrix<A, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   for (index_t b = 0; b < B; ++b)
@@ -165,7 +166,7 @@ void encode_sequence(const wkv7::inputs<T>& wkv, state_view<const S> start, sequ
   expect_shape("meta_state::encode_sequence", "e", e.shape(), std::array<index_t, 4>{shape[0], shape[1], shape[2], n});
   expect_disjoint("meta_state::encode_sequence", std::array{bytes_of("e", e)},
                   std::array{bytes_of("r", wkv.r), bytes_of("w", wkv.w), bytes_of("k", wkv.k), bytes_of("v", wkv.v),
-                   bytes_of("a", wkv.a), bytes_of("b", wkv.b), bytes_of("start", start), bytes_of("x", x)});
+                             bytes_of("a", wkv.a), bytes_of("b", wkv.b), bytes_of("start", start), bytes_of("x", x)});
   if constexpr (detail::is_cuda<Backend>) {
     device_encode_sequence(detail::on_device{}, std::integral_constant<int, N>{}, wkv, start, x, e, n, opt);
   } else {
@@ -233,10 +234,10 @@ void encode_recorded(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, s
                       " tokens; the encoder takes at most " + std::to_string(max_every));
   expect_disjoint(context, std::array{bytes_of("e", e)},
                   std::array{bytes_of("r", wkv.r), bytes_of("w", wkv.w), bytes_of("k", wkv.k), bytes_of("v", wkv.v),
-                   bytes_of("a", wkv.a), bytes_of("b", wkv.b), bytes_of("x", x),
-                   bytes_of("record.states", saved.states,
-                            static_cast<std::size_t>(wkv7::recorded_states(T_, every) * B * H * N * N)),
-                   bytes_of("record.removal", saved.removal, static_cast<std::size_t>(wkv.r.size()))});
+                             bytes_of("a", wkv.a), bytes_of("b", wkv.b), bytes_of("x", x),
+                             bytes_of("record.states", saved.states,
+                                      static_cast<std::size_t>(wkv7::recorded_states(T_, every) * B * H * N * N)),
+                             bytes_of("record.removal", saved.removal, static_cast<std::size_t>(wkv.r.size()))});
   using batch = xsimd::batch<S, backend::default_simd_arch>;
   constexpr index_t L = static_cast<index_t>(batch::size);
   // Units are (batch, head, block) in that order. With at least as many (batch, head) items

@@ -227,8 +227,8 @@ class eigen_threads {
 /// Runs `tokens` ([B, T] row-major, B = state.batch) through the model from `state`, which
 /// is updated. Writes logits as `opt.logits` asks (row-major, F32).
 /// Throws shape_error if the state was made for another model, value_error for a token
-/// outside [0, V), a negative T, a null `tokens`, or a null `logits` when `opt.logits` asks
-/// for logits (or for the last token's of none).
+/// outside [0, V), a negative T, a null `tokens`, a null `logits` when `opt.logits` asks for
+/// logits, or `logits_for::last_token` with no token.
 inline void forward(const rwkv7_weights& w, const std::int64_t* tokens, index_t T, rwkv7_state& state,
                     float* logits, const forward_options& opt = {}) {
   const auto& c = w.config;
