@@ -19,10 +19,15 @@ struct exec_policy {
   void* stream = nullptr;
 };
 
+/// Throws value_error "<context>: exec.threads must be >= 0 ..." (no prefix for an empty context).
+[[noreturn]] METASTATE_COLD inline void throw_negative_threads(const char* context, int threads) {
+  throw value_error(std::string(context) + (*context ? ": " : "") +
+                    "exec.threads must be >= 0 (0: OpenMP's default), got " + std::to_string(threads));
+}
+
 /// The thread count a call will run with: 1 without OpenMP or inside a parallel region.
 inline int resolve_threads(const exec_policy& policy) {
-  if (policy.threads < 0)
-    throw value_error("exec.threads must be >= 0 (0: OpenMP's default), got " + std::to_string(policy.threads));
+  if (policy.threads < 0) throw_negative_threads("", policy.threads);
 #if METASTATE_HAS_OPENMP
   if (omp_in_parallel()) return 1;
   return policy.threads > 0 ? policy.threads : omp_get_max_threads();

@@ -147,9 +147,8 @@ void checked_run(const char* context, const inputs<T>& in, state_view<S> state, 
     throw shape_error(std::string(context) + ": 'y' or 'state' has no data");
   }
   if (n <= 0) throw shape_error(std::string(context) + ": head size must be positive, got " + std::to_string(n));
-  if (opt.exec.threads < 0)
-    throw value_error(std::string(context) + ": exec.threads must be >= 0 (0: OpenMP's default), got " +
-                      std::to_string(opt.exec.threads));
+  // (Small calls never ask resolve_threads, which checks this too.)
+  if (opt.exec.threads < 0) throw_negative_threads(context, opt.exec.threads);
   if (saved.every < 0 || (saved.every > 0 && (saved.removal == nullptr || saved.states == nullptr)))
     throw shape_error(std::string(context) + ": a record needs every >= 0 and, when every > 0, 'removal' and " +
                       "'states' storage; got every = " + std::to_string(saved.every));
