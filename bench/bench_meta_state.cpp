@@ -30,12 +30,10 @@ void layer_chunks(benchmark::State& st, int H, int T, int chunk, int every, bool
   // Outputs per chunk, reused as the model's workspace is.
   ms::aligned_vector<float> y(std::size_t(chunk) * H * 64), e(y.size()), o(y.size()), m(x.state.size(), 0.0f),
       start(x.state.size());
-  ms::aligned_vector<float> states(std::size_t(ms::wkv7::recorded_states(chunk, every)) * x.state.size()),
-      removal(std::size_t(chunk) * H * 64);
   ms::meta_state::workspace<float> ws;
   ms::wkv7::options opt;
   opt.exec.threads = threads;
-  const ms::wkv7::record<float> record{states.data(), removal.data(), meta ? every : 0};
+  ms::wkv7::record<float> record(meta ? every : 0);
   for (auto _ : st) {
     for (int t0 = 0; t0 < T; t0 += chunk) {
       const int Tc = std::min(chunk, T - t0);

@@ -1,6 +1,9 @@
 // Meta-State layers and models: against the fp64 reference, modes that agree, causality, isolation, stability.
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <cmath>
+
 #include <metastate/metastate.hpp>
 
 #include "model_fixture.hpp"
@@ -78,30 +81,57 @@ TEST_CASE("encode_recorded splits its work over threads correctly (whole heads, 
   }
 }
 
-TEST_CASE("encode_recorded rejects a missing record, naming what is missing") {
-  const auto p = ref::random_problem(1, 8, 1, 16, 5);
-  std::vector<float> x(p.seq_size()), e(p.seq_size()), states(p.state_size()), removal(p.seq_size());
+TEST_CASE("encode_recorded takes only a record filled by a call of its own shape and decay input") {
+  const auto p = ref::random_problem(1, 9, 1, 16, 5);
+  const harness::stored_inputs<float> in(p);
+  std::vector<float> x(p.seq_size()), e(p.seq_size()), y(p.seq_size()), state(p.state_size());
   ms::meta_state::workspace<float> ws;
-  const harness::stored_inputs<float> inputs(p);
-  auto encode = [&](const ms::wkv7::record<float>& saved) {
-    ms::meta_state::encode_recorded(inputs.all(), saved, ms::sequence_view<const float>(x.data(), 1, 8, 1, 16),
-                                    ms::sequence_view<float>(e.data(), 1, 8, 1, 16), 16, ws);
+  auto inputs = [&](int tokens) { return in.all(0, tokens); };
+  std::vector<float> log_w(in.w.size());
+  std::transform(in.w.begin(), in.w.end(), log_w.begin(), [](float w) { return std::log(w); });
+  auto fill = [&](ms::wkv7::record<float>& saved, int tokens, ms::wkv7::decay_input decay) {
+    ms::wkv7::options opt;
+    opt.decay = decay;
+    auto all = inputs(tokens);
+    if (decay == ms::wkv7::decay_input::log_w) all.w = ms::sequence_view<const float>(log_w.data(), 1, tokens, 1, 16);
+    ms::wkv7::sequence<16>(all, ms::state_view<float>(state.data(), 1, 1, 16),
+                           ms::sequence_view<float>(y.data(), 1, tokens, 1, 16), opt, saved);
   };
-  CHECK_THROWS_WITH_AS(encode({nullptr, removal.data(), 4}), doctest::Contains("'states' storage, got every = 4"),
+  auto encode = [&](const ms::wkv7::record<float>& saved, int tokens) {
+    ms::meta_state::encode_recorded(inputs(tokens), saved, ms::sequence_view<const float>(x.data(), 1, tokens, 1, 16),
+                                    ms::sequence_view<float>(e.data(), 1, tokens, 1, 16), 16, ws);
+  };
+  const auto w = ms::wkv7::decay_input::w, log_w_input = ms::wkv7::decay_input::log_w;
+  ms::wkv7::record<float> saved(4);
+  CHECK_THROWS_WITH_AS(encode(saved, 9),
+                       "meta_state::encode_recorded: the record holds nothing; wkv7::sequence fills it",
                        ms::shape_error);
-  CHECK_THROWS_WITH_AS(encode({states.data(), nullptr, 4}), doctest::Contains("'removal'"), ms::shape_error);
-  CHECK_THROWS_WITH_AS(encode({states.data(), removal.data(), 0}), doctest::Contains("every >= 1"), ms::shape_error);
-  CHECK_THROWS_WITH_AS(encode({states.data(), removal.data(), ms::meta_state::max_every + 1}),
-                       doctest::Contains("takes at most 64"), ms::shape_error);
-  CHECK_NOTHROW(encode({states.data(), removal.data(), 8}));
+  fill(saved, 8, w);
+  CHECK_THROWS_WITH_AS(encode(saved, 9),
+                       "meta_state::encode_recorded: the record was filled by a call of shape [1,8,1,16] with decays "
+                       "w, this call is [1,9,1,16] with decays w",
+                       ms::shape_error);
+  CHECK_NOTHROW(encode(saved, 8));
+  fill(saved, 9, log_w_input);
+  CHECK_THROWS_WITH_AS(encode(saved, 9),
+                       "meta_state::encode_recorded: the record was filled by a call of shape [1,9,1,16] with "
+                       "log-decays, this call is [1,9,1,16] with decays w",
+                       ms::shape_error);
+  fill(saved, 9, w);
+  CHECK_NOTHROW(encode(saved, 9));
+  ms::wkv7::record<float> nothing(0), too_long(ms::meta_state::max_every + 1);
+  fill(nothing, 9, w);
+  fill(too_long, 9, w);
+  CHECK_THROWS_WITH_AS(encode(nothing, 9), "meta_state::encode_recorded: the record needs every >= 1, got every = 0",
+                       ms::shape_error);
+  CHECK_THROWS_WITH_AS(encode(too_long, 9), doctest::Contains("takes at most 64"), ms::shape_error);
 }
 
 TEST_CASE("meta-state ops reject outputs that share memory with their other tensors, naming both") {
   const int T_ = 8, N = 16;
   const auto p = ref::random_problem(1, T_, 1, N, 7);
   const harness::stored_inputs<float> in(p);
-  std::vector<float> x(p.seq_size()), e(p.seq_size()), o(p.seq_size()), m(p.state_size()), start(p.state_size()),
-      states(p.state_size()), removal(p.seq_size());
+  std::vector<float> x(p.seq_size()), e(p.seq_size()), o(p.seq_size()), m(p.state_size()), start(p.state_size());
   ms::meta_state::workspace<float> ws;
   // [1, tokens, 1, N] views; all T_ tokens unless given.
   auto seq = [&](float* data, int tokens = 0) { return ms::sequence_view<float>(data, 1, tokens ? tokens : T_, 1, N); };
@@ -117,10 +147,12 @@ TEST_CASE("meta-state ops reject outputs that share memory with their other tens
   CHECK_THROWS_WITH_AS(ms::meta_state::encode_sequence<N>(in.all(), start_view, cseq(x.data()),
                                                           seq(const_cast<float*>(in.v.data())), N, ws),
                        ("meta_state::encode_sequence: tensor 'e' overlaps 'v" + tail).c_str(), ms::overlap_error);
-  const ms::wkv7::record<float> saved{states.data(), removal.data(), 8};
-  CHECK_THROWS_WITH_AS(ms::meta_state::encode_recorded(in.all(), saved, cseq(x.data()), seq(removal.data()), N, ws),
-                       ("meta_state::encode_recorded: tensor 'e' overlaps 'record.removal" + tail).c_str(),
-                       ms::overlap_error);
+  ms::wkv7::record<float> saved(4);
+  std::vector<float> y(p.seq_size());
+  ms::wkv7::sequence<N>(in.all(), ms::state_view<float>(start.data(), 1, 1, N), seq(y.data()), {}, saved);
+  CHECK_THROWS_WITH_AS(ms::meta_state::encode_recorded(in.all(), saved, cseq(x.data()),
+                                                       seq(const_cast<float*>(in.k.data())), N, ws),
+                       ("meta_state::encode_recorded: tensor 'e' overlaps 'k" + tail).c_str(), ms::overlap_error);
   const ms::state_view<float> mv(m.data(), 1, 1, N);
   const auto w = in.view(in.w), a = in.view(in.a), b = in.view(in.b);
   CHECK_THROWS_WITH_AS(ms::meta_state::evolve<N>(w, a, b, cseq(e.data()), cseq(x.data()), mv, seq(x.data()), ws),
@@ -143,7 +175,7 @@ TEST_CASE("meta-state ops check every tensor's shape and name it") {
   const auto p = ref::random_problem(1, T_, 2, N, 9);
   const harness::stored_inputs<float> in(p);
   std::vector<float> x(p.seq_size()), e(p.seq_size()), o(p.seq_size()), m(p.state_size()), start(p.state_size()),
-      states(p.state_size()), removal(p.seq_size());
+      y(p.seq_size());
   ms::meta_state::workspace<float> ws;
   const ms::sequence_view<const float> xv(x.data(), 1, T_, 2, N), short_w(in.w.data(), 1, 1, 2, N);
   const ms::sequence_view<float> ev(e.data(), 1, T_, 2, N);
@@ -152,7 +184,9 @@ TEST_CASE("meta-state ops check every tensor's shape and name it") {
     all.w = w;
     return all;
   };
-  const ms::wkv7::record<float> saved{states.data(), removal.data(), 8};
+  ms::wkv7::record<float> saved(8);
+  ms::wkv7::sequence<N>(in.all(), ms::state_view<float>(m.data(), 1, 2, N),
+                        ms::sequence_view<float>(y.data(), 1, T_, 2, N), {}, saved);
   CHECK_THROWS_WITH_AS(ms::meta_state::encode_recorded(with_w(short_w), saved, xv, ev, N, ws),
                        "meta_state::encode_recorded: tensor 'w' has shape [1,1,2,16], expected [1,8,2,16]",
                        ms::shape_error);

@@ -163,8 +163,11 @@ TEST_CASE_TEMPLATE("wkv7 gives identical results on 1 and 2 threads", Backend, s
 TEST_CASE_TEMPLATE("wkv7 sequence records its removals and every few states (for the Meta-State encoder)",
                    Backend, scalar, eigen, simd, simd8) {
   // B*H = 1 on two threads splits each state's rows; T = 3 is short enough for simd's row kernel.
-  for (auto [B, T_, H, threads] : {std::tuple{1, 70, 1, 2}, std::tuple{2, 33, 3, 1}, std::tuple{1, 3, 2, 1}}) {
-    for (int every : {1, 8, 64}) {
+  // One record per `every` serves the three calls: it grows for the second and is reused,
+  // larger than needed, by the third.
+  for (int every : {1, 8, 64}) {
+    ms::wkv7::record<float> saved(every);
+    for (auto [B, T_, H, threads] : {std::tuple{1, 70, 1, 2}, std::tuple{2, 33, 3, 1}, std::tuple{1, 3, 2, 1}}) {
       CAPTURE(B);
       CAPTURE(T_);
       CAPTURE(threads);
@@ -190,27 +193,21 @@ TEST_CASE_TEMPLATE("wkv7 sequence records its removals and every few states (for
         }
       REQUIRE(states.size() == std::size_t(ms::wkv7::recorded_states(T_, every)) * p.state_size());
       const harness::stored_inputs<float> in(p);
-      std::vector<float> y(p.seq_size()), state = harness::convert<float>(p.s0), got_removal(p.seq_size(), NAN),
-                                          got_states(states.size(), NAN);
+      std::vector<float> y(p.seq_size()), state = harness::convert<float>(p.s0);
       ms::wkv7::options opt;
       opt.exec.threads = threads;
       ms::wkv7::sequence<64, Backend>(in.all(), ms::state_view<float>(state.data(), B, H, 64),
-                                      ms::sequence_view<float>(y.data(), B, T_, H, 64), opt,
-                                      ms::wkv7::record<float>{got_states.data(), got_removal.data(), every});
+                                      ms::sequence_view<float>(y.data(), B, T_, H, 64), opt, saved);
+      CHECK(saved.filled());
+      CHECK(saved.shape() == std::array<ms::index_t, 4>{B, T_, H, 64});
+      const std::vector<float> got_removal(saved.removal(), saved.removal() + removal.size()),
+          got_states(saved.states(), saved.states() + states.size());
       CHECK(ref::rms_relative(got_removal, removal) <= 1e-6);
       CHECK(ref::rms_relative(got_states, states) <= 1e-6);
     }
   }
-  const auto p = ref::random_problem(1, 9, 1, 16, 3);
-  const harness::stored_inputs<float> in(p);
-  std::vector<float> y(p.seq_size()), state(p.state_size()), removal(p.seq_size());
-  auto run = [&](const ms::wkv7::record<float>& saved) {
-    ms::wkv7::sequence<16, Backend>(in.all(), ms::state_view<float>(state.data(), 1, 1, 16),
-                                    ms::sequence_view<float>(y.data(), 1, 9, 1, 16), {}, saved);
-  };
-  CHECK_THROWS_WITH_AS(run({nullptr, removal.data(), 4}), doctest::Contains("got every = 4"), ms::shape_error);
-  CHECK_THROWS_WITH_AS(run({state.data(), nullptr, 4}), doctest::Contains("'removal'"), ms::shape_error);
-  CHECK_THROWS_WITH_AS(run({nullptr, nullptr, -1}), doctest::Contains("every >= 0"), ms::shape_error);
+  CHECK_THROWS_WITH_AS(ms::wkv7::record<float>(-1), "wkv7::record: every must be >= 0 (0 records nothing), got -1",
+                       ms::shape_error);
 }
 
 TEST_CASE("wkv7 simd with an output larger than the caches (stored around them) matches the reference") {
@@ -309,13 +306,6 @@ TEST_CASE("wkv7 rejects outputs that share memory with its other tensors, naming
                        ("wkv7::sequence: tensor 'state' overlaps 'v" + tail).c_str(), ms::overlap_error);
   CHECK_THROWS_WITH_AS(ms::wkv7::sequence<16>(inputs(5), sv, ms::sequence_view<float>(state.data() + 100, 1, 5, 2, 16)),
                        ("wkv7::sequence: tensor 'y' overlaps 'state" + tail).c_str(), ms::overlap_error);
-  std::vector<float> removal(seq), recorded(states);
-  const ms::sequence_view<float> yv(y.data(), 1, 5, 2, 16);
-  CHECK_THROWS_WITH_AS(ms::wkv7::sequence<16>(inputs(5), sv, yv, {}, ms::wkv7::record<float>{recorded.data(), y.data(), 8}),
-                       ("wkv7::sequence: tensor 'y' overlaps 'record.removal" + tail).c_str(), ms::overlap_error);
-  CHECK_THROWS_WITH_AS(
-      ms::wkv7::sequence<16>(inputs(5), sv, yv, {}, ms::wkv7::record<float>{buf.data() + 5 * seq, removal.data(), 8}),
-      ("wkv7::sequence: tensor 'record.states' overlaps 'b" + tail).c_str(), ms::overlap_error);
   // Outputs right after the inputs (touching, not overlapping) run, and give the results of
   // separate buffers; so do inputs that share memory (k and v the same tensor).
   const auto reference = harness::run_sequence<16, ms::backend::default_backend, float>(p);
@@ -329,7 +319,7 @@ TEST_CASE("wkv7 rejects outputs that share memory with its other tensors, naming
   std::copy(s0.begin(), s0.end(), state.begin());  // (sv views state's buffer)
   auto same_kv = inputs(5);
   same_kv.v = same_kv.k;
-  CHECK_NOTHROW(ms::wkv7::sequence<16>(same_kv, sv, yv));
+  CHECK_NOTHROW(ms::wkv7::sequence<16>(same_kv, sv, ms::sequence_view<float>(y.data(), 1, 5, 2, 16)));
   CHECK(ref::rms_relative(harness::widen(y), separate.y) == 0);
 }
 

@@ -95,10 +95,9 @@ result run_meta_state(const ref::wkv_problem& p, const meta_state_inputs& ms_in,
   const ms::state_view<const A> start_view(start.data(), p.B, p.H, p.N);
   const ms::sequence_view<T> e_view(e.data(), p.B, p.T, p.H, n);
   if (every > 0) {
-    std::vector<A> state = start, states(std::size_t(ms::wkv7::recorded_states(p.T, every)) * p.state_size()),
-                   removal(p.seq_size());
+    std::vector<A> state = start;
     std::vector<T> y(p.seq_size());
-    const ms::wkv7::record<A> saved{states.data(), removal.data(), every};
+    ms::wkv7::record<A> saved(every);
     // The encoder reuses its scratch without clearing it: poisoned, any value it reads
     // before writing shows in e.
     ws.encoder.assign(std::size_t(1) << 18, std::numeric_limits<A>::quiet_NaN());

@@ -211,7 +211,7 @@ void encode_recorded(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, s
   static_assert(std::is_same_v<S, accum_t<T>>, "THE_STATE_MUST_HAVE_THE_ACCUMULATE_TYPE_OF_THE_STORAGE_TYPE");
   const char* context = "meta_state::encode_recorded";
   const auto& shape = wkv.r.shape();
-  const index_t B = shape[0], T_ = shape[1], H = shape[2], N = shape[3], every = saved.every;
+  const index_t B = shape[0], T_ = shape[1], H = shape[2], N = shape[3], every = saved.every();
   expect_extents(context, "r", shape);
   detail::check_sse_dim(context, n, N);
   auto expect_data = [context](const char* name, const auto& view) {
@@ -226,18 +226,22 @@ void encode_recorded(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, s
   }
   expect_shape(context, "e", e.shape(), std::array<index_t, 4>{B, T_, H, n});
   expect_data("e", e);
-  if (every <= 0 || saved.removal == nullptr || saved.states == nullptr)
-    throw shape_error(std::string(context) + ": the record needs every >= 1 and 'removal' and 'states' storage, " +
-                      "got every = " + std::to_string(every));
+  auto described = [](const std::array<index_t, 4>& s, wkv7::decay_input decay) {
+    return shape_string(s) + (decay == wkv7::decay_input::w ? " with decays w" : " with log-decays");
+  };
+  if (!saved.filled())
+    throw shape_error(std::string(context) + ": the record holds nothing; wkv7::sequence fills it");
+  if (saved.shape() != shape || saved.decay() != opt.decay)
+    throw shape_error(std::string(context) + ": the record was filled by a call of shape " +
+                      described(saved.shape(), saved.decay()) + ", this call is " + described(shape, opt.decay));
+  if (every <= 0)
+    throw shape_error(std::string(context) + ": the record needs every >= 1, got every = " + std::to_string(every));
   if (every > max_every)
     throw shape_error(std::string(context) + ": a record every " + std::to_string(every) +
                       " tokens; the encoder takes at most " + std::to_string(max_every));
   expect_disjoint(context, std::array{bytes_of("e", e)},
                   std::array{bytes_of("r", wkv.r), bytes_of("w", wkv.w), bytes_of("k", wkv.k), bytes_of("v", wkv.v),
-                             bytes_of("a", wkv.a), bytes_of("b", wkv.b), bytes_of("x", x),
-                             bytes_of("record.states", saved.states,
-                                      static_cast<std::size_t>(wkv7::recorded_states(T_, every) * B * H * N * N)),
-                             bytes_of("record.removal", saved.removal, static_cast<std::size_t>(wkv.r.size()))});
+                             bytes_of("a", wkv.a), bytes_of("b", wkv.b), bytes_of("x", x)});
   using batch = xsimd::batch<S, backend::default_simd_arch>;
   constexpr index_t L = static_cast<index_t>(batch::size);
   // Units are (batch, head, block) in that order. With at least as many (batch, head) items
@@ -357,11 +361,11 @@ void encode_recorded(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, s
         }
         std::fill(pairs + 2 * (t + 1), pairs + 2 * epad, S(0));  // causal: later tokens do not count
       }
-      const S* s_c = saved.states + ((block * B + b) * H + h) * N * N;
+      const S* s_c = saved.states() + ((block * B + b) * H + h) * N * N;
       for (index_t j = 0; j < nn; ++j) rows[j] = s_c + j * N;
       for (index_t j = nn; j < npad; ++j) rows[j] = zero_row;
       for (index_t tau = 0; tau < epad; ++tau) {
-        rows[npad + 2 * tau] = tau < m ? saved.removal + ((b * T_ + c + tau) * H + h) * N : zero_row;
+        rows[npad + 2 * tau] = tau < m ? saved.removal() + ((b * T_ + c + tau) * H + h) * N : zero_row;
         rows[npad + 2 * tau + 1] = tau < m ? vr[tau] : zero_row;
       }
       detail::encoder_product<batch>(m, rows, npad, 2, z, inner, nn, out, npad);

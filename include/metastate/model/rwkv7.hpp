@@ -68,7 +68,7 @@ inline void token_shift(const matrix& xn, matrix& carried, int batch, int tokens
 }
 
 inline void run_wkv(const rwkv7_config& c, forward_workspace& ws, aligned_vector<float>& kv, int batch, int tokens,
-                    const exec_policy& exec, const wkv7::record<float>& record) {
+                    const exec_policy& exec, wkv7::record<float>* record) {
   const int H = c.heads, N = c.head_size;
   auto view = [&](const matrix& m) { return sequence_view<const float>(m.data(), batch, tokens, H, N); };
   const wkv7::inputs<float> in{view(ws.r), view(ws.w), view(ws.k), view(ws.v), view(ws.a), view(ws.b)};
@@ -77,10 +77,14 @@ inline void run_wkv(const rwkv7_config& c, forward_workspace& ws, aligned_vector
   const sequence_view<float> y(ws.y.data(), batch, tokens, H, N);
   wkv7::options opt;
   opt.exec = exec;
-  if (N == 64)  // the released head size gets the unrolled kernel
-    wkv7::sequence<64>(in, state, y, opt, record);
+  if (N == 64 && record)  // the released head size gets the unrolled kernel
+    wkv7::sequence<64>(in, state, y, opt, *record);
+  else if (N == 64)
+    wkv7::sequence<64>(in, state, y, opt);
+  else if (record)
+    wkv7::sequence(in, state, y, opt, *record);
   else
-    wkv7::sequence(in, state, y, opt, record);
+    wkv7::sequence(in, state, y, opt);
 }
 
 /// TimeMix over the rows of one chunk (SPEC §3 steps 1–11); adds its output to ws.x.
@@ -134,14 +138,8 @@ inline void time_mix(const rwkv7_config& c, const layer_weights& lw, int layer, 
 
   // A Meta-State layer's encoder needs S_t of every token of the chunk (SPEC §4): the op
   // records what the encoder rebuilds them from.
-  wkv7::record<float> record;
-  if (c.is_meta_state(layer) && tokens > 1) {
-    const std::size_t state_floats = std::size_t(batch) * H * N * N;
-    ws.kv_states.resize(std::size_t(wkv7::recorded_states(tokens, meta_state::record_every)) * state_floats);
-    ws.kv_removal.resize(std::size_t(batch) * tokens * H * N);
-    record = {ws.kv_states.data(), ws.kv_removal.data(), meta_state::record_every};
-  }
-  run_wkv(c, ws, s.att_kv[layer], batch, tokens, exec, record);
+  const bool recorded = c.is_meta_state(layer) && tokens > 1;
+  run_wkv(c, ws, s.att_kv[layer], batch, tokens, exec, recorded ? &ws.kv_record : nullptr);
 
   group_norm(ws.y, c.group_size, 64e-5f);
   ws.y = (ws.y.array().rowwise() * p.ln_x_weight.array()).rowwise() + p.ln_x_bias.array();
@@ -194,8 +192,7 @@ inline void meta_state_layer(const rwkv7_config& c, const layer_weights& lw, int
   } else {
     const wkv7::inputs<float> wkv{view(ws.r, N), view(ws.w, N), view(ws.k, N), view(ws.v, N), view(ws.a, N),
                                   view(ws.b, N)};
-    const wkv7::record<float> record{ws.kv_states.data(), ws.kv_removal.data(), meta_state::record_every};
-    meta_state::encode_recorded(wkv, record, view(ws.mix, N), e, n, ws.ms, opt);
+    meta_state::encode_recorded(wkv, ws.kv_record, view(ws.mix, N), e, n, ws.ms, opt);
   }
   const state_view<float> m(s.ms[layer].data(), batch, H, n);
   const sequence_view<const float> encoded = e;

@@ -19,9 +19,9 @@ struct forward_workspace {
   // The LoRA hidden activations, one per LoRA: their ranks differ, and one shared buffer
   // would be reallocated at every switch (seven heap allocations per decoded token).
   matrix lora_w, lora_v, lora_a, lora_g;
-  // What a Meta-State layer's WKV-7 op records for the encoder (wkv7::record): the state
-  // every meta_state::record_every tokens and u_t of every token of the chunk.
-  aligned_vector<float> kv_states, kv_removal;
+  // What a Meta-State layer's WKV-7 op records for the encoder: the state every
+  // meta_state::record_every tokens and u_t of every token of the chunk.
+  wkv7::record<float> kv_record{meta_state::record_every};
   matrix encoded, readout;      // e and o of a Meta-State layer, [B·T, H·n]
   meta_state::workspace<float> ms;
 };

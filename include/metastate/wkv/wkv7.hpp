@@ -1,10 +1,12 @@
 // The WKV-7 recurrence (SPEC §2): `step` and `sequence` over [B,T,H,N] inputs and [B,H,N,N] states.
 #pragma once
 
+#include <array>
 #include <cmath>
 #include <string>
 #include <type_traits>
 
+#include "metastate/core/aligned.hpp"
 #include "metastate/core/backend.hpp"
 #include "metastate/core/config.hpp"
 #include "metastate/core/error.hpp"
@@ -20,8 +22,8 @@
 /// The WKV-7 op. Per (batch, head), with `S` the N x N state (row = value index):
 ///   u_t = S_{t-1} a_t;  S_t = S_{t-1} diag(w_t) + u_t b_tᵀ + v_t k_tᵀ;  y_t = S_t r_t.
 ///
-/// Aliasing: the state is the destination and is updated in place; `y` (and a `record`'s
-/// storage) must not overlap the inputs, the state or each other (checked: overlap_error).
+/// Aliasing: the state is the destination and is updated in place; `y` must not overlap the
+/// inputs or the state (checked: overlap_error).
 /// Inputs are read-only and may share memory.
 namespace metastate::wkv7 {
 
@@ -31,25 +33,77 @@ struct options {
   decay_input decay = decay_input::w;
 };
 
-/// What a `sequence` call can leave behind for the Meta-State encoder
-/// (`meta_state::encode_recorded`), which then never replays the recurrence:
-/// - `states`: the state before tokens 0, every, 2·every, … (at the start of each block of
-///   `every` tokens), `recorded_states(T, every)` = ⌈T / every⌉ blocks [B,H,N,N] one after
-///   another, each N x N state TRANSPOSED (S(i, j) at j·N + i: the layout the sequence
-///   kernel holds it in, so recording is a plain copy);
-/// - `removal`: u_t = S_{t−1} a_t of every token, [B,T,H,N].
-/// `every` = 0 records nothing. Not offered by the cuda backend.
-template <class S>
-struct record {
-  S* states = nullptr;
-  S* removal = nullptr;
-  index_t every = 0;
-};
-
 /// How many states a `record` receives from a call of `tokens` tokens.
 inline index_t recorded_states(index_t tokens, index_t every) {
   return every > 0 && tokens > 0 ? (tokens + every - 1) / every : 0;
 }
+
+namespace detail {
+struct record_access;
+}
+
+/// What a `sequence` call leaves behind for the Meta-State encoder
+/// (`meta_state::encode_recorded`), which then never replays the recurrence:
+/// - `states()`: the state before tokens 0, every, 2·every, … (at the start of each block of
+///   `every` tokens), `recorded_states(T, every)` = ⌈T / every⌉ blocks [B,H,N,N] one after
+///   another, each N x N state TRANSPOSED (S(i, j) at j·N + i: the layout the sequence
+///   kernel holds it in, so recording is a plain copy);
+/// - `removal()`: u_t = S_{t−1} a_t of every token, [B,T,H,N].
+/// The record owns that storage, sized by the call that fills it (it only grows, so a model
+/// filling one record per chunk allocates at the first chunk only), and remembers that call's
+/// shape and decay input: the encoder rejects (shape_error) a record filled by no call or by
+/// a call of another shape or decay input. `every` = 0 records nothing. Not offered by the
+/// cuda backend.
+template <class S>
+class record {
+ public:
+  explicit record(index_t every = 0) : every_(every) {
+    if (every < 0)
+      throw shape_error("wkv7::record: every must be >= 0 (0 records nothing), got " + std::to_string(every));
+  }
+  index_t every() const { return every_; }
+  /// Whether a `sequence` call has filled the record, and that call's [B,T,H,N] and decay input.
+  bool filled() const { return filled_; }
+  const std::array<index_t, 4>& shape() const { return shape_; }
+  decay_input decay() const { return decay_; }
+  const S* states() const { return states_.data(); }
+  const S* removal() const { return removal_.data(); }
+
+ private:
+  friend struct detail::record_access;
+  index_t every_;
+  bool filled_ = false;
+  std::array<index_t, 4> shape_{};
+  decay_input decay_ = decay_input::w;
+  aligned_vector<S> states_, removal_;
+};
+
+namespace detail {
+/// What `sequence` does to a record: sizes its storage for a call and stamps the call on it.
+struct record_access {
+  template <class S>
+  static void prepare(record<S>& saved, const std::array<index_t, 4>& shape, decay_input decay) {
+    const index_t B = shape[0], T = shape[1], H = shape[2], N = shape[3];
+    if (saved.every_ > 0) {
+      const auto states = static_cast<std::size_t>(recorded_states(T, saved.every_) * B * H * N * N),
+                 removal = static_cast<std::size_t>(B * T * H * N);
+      if (saved.states_.size() < states) saved.states_.resize(states);
+      if (saved.removal_.size() < removal) saved.removal_.resize(removal);
+    }
+    saved.filled_ = true;
+    saved.shape_ = shape;
+    saved.decay_ = decay;
+  }
+  template <class S>
+  static S* states(record<S>& saved) {
+    return saved.every_ > 0 ? saved.states_.data() : nullptr;
+  }
+  template <class S>
+  static S* removal(record<S>& saved) {
+    return saved.every_ > 0 ? saved.removal_.data() : nullptr;
+  }
+};
+}  // namespace detail
 
 /// Throws value_error if a decay lies outside (0, 1] (or a log-decay is positive), or any
 /// input is not finite. Kernels do not check values in release builds; this is the
@@ -110,7 +164,7 @@ void run(backend::simd<Arch>, const problem<T, A>& p, const exec_policy& e) {
 
 template <int N, class Backend, class T, class S>
 void checked_run(const char* context, const inputs<T>& in, state_view<S> state, sequence_view<T> y,
-                 const options& opt, bool single_token, const record<S>& saved = {}) {
+                 const options& opt, bool single_token, record<S>* saved = nullptr) {
   static_assert(!std::is_same_v<Backend, backend::cuda> || METASTATE_CUDA_COMPILER,
                 "THE_CUDA_BACKEND_NEEDS_NVCC_AND_THE_METASTATE_CUDA_HEADERS");
   static_assert(std::is_base_of_v<backend::scalar, Backend> || std::is_same_v<Backend, backend::cuda>,
@@ -149,14 +203,11 @@ void checked_run(const char* context, const inputs<T>& in, state_view<S> state, 
   if (n <= 0) throw shape_error(std::string(context) + ": head size must be positive, got " + std::to_string(n));
   // (Small calls never ask resolve_threads, which checks this too.)
   if (opt.exec.threads < 0) throw_negative_threads(context, opt.exec.threads);
-  if (saved.every < 0 || (saved.every > 0 && (saved.removal == nullptr || saved.states == nullptr)))
-    throw shape_error(std::string(context) + ": a record needs every >= 0 and, when every > 0, 'removal' and " +
-                      "'states' storage; got every = " + std::to_string(saved.every));
   // Outputs need memory of their own: written over an input or the state, each backend and
   // thread count computed something else, all of it wrong. Inputs may share memory. A
   // one-head step takes about 300 ns, so y and the state are first compared with the inputs
   // (all of y's size, as just checked) in a few integer operations; the named check runs only
-  // when that finds something, or for a record.
+  // when that finds something. (A record's storage is its own.)
   const auto address = [](const void* data) { return reinterpret_cast<std::uintptr_t>(data); };
   const std::uintptr_t L = static_cast<std::uintptr_t>(y.size()) * sizeof(T), y0 = address(y.data()),
                        s0 = address(state.data()), s1 = s0 + static_cast<std::uintptr_t>(state.size()) * sizeof(S);
@@ -164,22 +215,19 @@ void checked_run(const char* context, const inputs<T>& in, state_view<S> state, 
                                  address(in.v.data()), address(in.a.data()), address(in.b.data())};
   bool apart = (y0 + L <= s0) | (s1 <= y0);
   for (const std::uintptr_t x : read) apart &= (y0 - x + (L - 1) >= 2 * L - 1) & ((s1 <= x) | (x + L <= s0));
-  if (!apart || saved.every > 0) {
-    const auto states = static_cast<std::size_t>(recorded_states(expected[1], saved.every) * state.size()),
-               removals = static_cast<std::size_t>(saved.every > 0 ? y.size() : 0);
-    expect_disjoint(context,
-                    std::array{bytes_of("y", y), bytes_of("state", state),
-                               bytes_of("record.states", saved.states, states),
-                               bytes_of("record.removal", saved.removal, removals)},
+  if (!apart)
+    expect_disjoint(context, std::array{bytes_of("y", y), bytes_of("state", state)},
                     std::array{bytes_of("r", in.r), bytes_of("w", in.w), bytes_of("k", in.k), bytes_of("v", in.v),
                                bytes_of("a", in.a), bytes_of("b", in.b)});
-  }
-  if (std::is_same_v<Backend, backend::cuda> && saved.every != 0)
+  const index_t every = saved ? saved->every() : 0;
+  if (std::is_same_v<Backend, backend::cuda> && every != 0)
     throw shape_error(std::string(context) + ": the cuda backend does not record (record.every must be 0)");
   // Device memory cannot be read here: the cuda backend leaves values unchecked.
   if constexpr (METASTATE_VALIDATE_VALUES && !std::is_same_v<Backend, backend::cuda>) validate_values(in, opt.decay);
+  if (saved) record_access::prepare(*saved, expected, opt.decay);
   const problem<T, S> p{in, state, y, opt.decay, shape[0], expected[1], shape[2], static_cast<int>(n),
-                        saved.states, saved.removal, saved.every};
+                        saved ? record_access::states(*saved) : nullptr,
+                        saved ? record_access::removal(*saved) : nullptr, every};
   run<N>(Backend{}, p, opt.exec);
 }
 
@@ -188,13 +236,17 @@ void checked_run(const char* context, const inputs<T>& in, state_view<S> state, 
 /// Runs T tokens: `state` holds S_0 on entry and S_T on return; `y` receives every y_t.
 /// `N` is the head size (or `dynamic`); `Backend` a tag from metastate::backend.
 /// Throws shape_error naming the tensor when a shape does not match `r`'s `[B,T,H,N]`.
-/// `saved` optionally receives what the Meta-State encoder needs (see `record`).
 /// The `simd` kernel keeps its working copy of the states in a per-thread buffer that is
 /// reused by later calls (so calling once per chunk allocates nothing after the first call).
 template <int N = dynamic, class Backend = backend::default_backend, class T, class S>
-void sequence(const inputs<T>& in, state_view<S> state, sequence_view<T> y, const options& opt = {},
-              const record<S>& saved = {}) {
-  detail::checked_run<N, Backend>("wkv7::sequence", in, state, y, opt, false, saved);
+void sequence(const inputs<T>& in, state_view<S> state, sequence_view<T> y, const options& opt = {}) {
+  detail::checked_run<N, Backend>("wkv7::sequence", in, state, y, opt, false);
+}
+
+/// `sequence` that also fills `saved` with what the Meta-State encoder needs (see `record`).
+template <int N = dynamic, class Backend = backend::default_backend, class T, class S>
+void sequence(const inputs<T>& in, state_view<S> state, sequence_view<T> y, const options& opt, record<S>& saved) {
+  detail::checked_run<N, Backend>("wkv7::sequence", in, state, y, opt, false, &saved);
 }
 
 /// One token for every batch row and head (inputs and `y` are `[B,1,H,N]`), the state
