@@ -77,14 +77,16 @@ inline void run_wkv(const rwkv7_config& c, forward_workspace& ws, aligned_vector
   const sequence_view<float> y(ws.y.data(), batch, tokens, H, N);
   wkv7::options opt;
   opt.exec = exec;
-  if (N == 64 && record)  // the released head size gets the unrolled kernel
-    wkv7::sequence<64>(in, state, y, opt, *record);
-  else if (N == 64)
-    wkv7::sequence<64>(in, state, y, opt);
-  else if (record)
-    wkv7::sequence(in, state, y, opt, *record);
+  auto run = [&](auto&... saved) {  // with the record, if any
+    if (N == 64)  // the released head size gets the unrolled kernel
+      wkv7::sequence<64>(in, state, y, opt, saved...);
+    else
+      wkv7::sequence(in, state, y, opt, saved...);
+  };
+  if (record)
+    run(*record);
   else
-    wkv7::sequence(in, state, y, opt);
+    run();
 }
 
 /// TimeMix over the rows of one chunk (SPEC §3 steps 1–11); adds its output to ws.x.

@@ -63,7 +63,7 @@ class record {
   }
   index_t every() const { return every_; }
   /// Whether a `sequence` call has filled the record, and that call's [B,T,H,N] and decay input.
-  bool filled() const { return filled_; }
+  bool filled() const { return shape_[3] > 0; }  // (a call's head size is positive)
   const std::array<index_t, 4>& shape() const { return shape_; }
   decay_input decay() const { return decay_; }
   const S* states() const { return states_.data(); }
@@ -72,7 +72,6 @@ class record {
  private:
   friend struct detail::record_access;
   index_t every_;
-  bool filled_ = false;
   std::array<index_t, 4> shape_{};
   decay_input decay_ = decay_input::w;
   aligned_vector<S> states_, removal_;
@@ -90,7 +89,6 @@ struct record_access {
       if (saved.states_.size() < states) saved.states_.resize(states);
       if (saved.removal_.size() < removal) saved.removal_.resize(removal);
     }
-    saved.filled_ = true;
     saved.shape_ = shape;
     saved.decay_ = decay;
   }
