@@ -100,22 +100,27 @@ void encoder_tiles(int tokens, const S* const* rows, index_t inner, const S* z, 
 }
 
 /// out[t][c] = Σ_r z[t][r] rows[r][c] for `tokens` tokens (TT at a time) and `columns` columns,
-/// over the first `inner` rows, or, when `rows_per_token` > 0, only the first
-/// inner + rows_per_token · (t + 1) of them for token t (z is zero past those: causality).
+/// over the first `inner` rows. Causality, where the product has it: when `rows_per_token` > 0,
+/// token t uses only the first inner + rows_per_token · (t + 1) rows (z is zero past those);
+/// when `columns_per_token` > 0, only its first columns_per_token · (t + 1) columns are needed
+/// (each tile of tokens computes whole vectors of columns up to its last token's need).
 template <class Batch, class S>
 void encoder_product(index_t tokens, const S* const* rows, index_t inner, index_t rows_per_token, const S* z,
-                     index_t z_stride, index_t columns, S* out, index_t out_stride) {
+                     index_t z_stride, index_t columns, index_t columns_per_token, S* out, index_t out_stride) {
   constexpr index_t L = static_cast<index_t>(Batch::size), TT = 4;
   for (index_t t0 = 0; t0 < tokens; t0 += TT) {
     const int count = static_cast<int>(std::min(TT, tokens - t0));
-    const index_t used = inner + rows_per_token * (t0 + count);
+    const index_t used = inner + rows_per_token * (t0 + count),
+                  needed = columns_per_token > 0
+                               ? std::min(columns, (columns_per_token * (t0 + count) + L - 1) / L * L)
+                               : columns;
     const S* zt = z + t0 * z_stride;
     S* ot = out + t0 * out_stride;
     index_t col = 0;
-    for (; col + 4 * L <= columns; col += 4 * L) encoder_tiles<4, Batch>(count, rows, used, zt, z_stride, col, ot, out_stride);
-    for (; col + 2 * L <= columns; col += 2 * L) encoder_tiles<2, Batch>(count, rows, used, zt, z_stride, col, ot, out_stride);
-    for (; col + L <= columns; col += L) encoder_tiles<1, Batch>(count, rows, used, zt, z_stride, col, ot, out_stride);
-    for (; col < columns; ++col)
+    for (; col + 4 * L <= needed; col += 4 * L) encoder_tiles<4, Batch>(count, rows, used, zt, z_stride, col, ot, out_stride);
+    for (; col + 2 * L <= needed; col += 2 * L) encoder_tiles<2, Batch>(count, rows, used, zt, z_stride, col, ot, out_stride);
+    for (; col + L <= needed; col += L) encoder_tiles<1, Batch>(count, rows, used, zt, z_stride, col, ot, out_stride);
+    for (; col < needed; ++col)
       for (int tt = 0; tt < count; ++tt) {
         S acc = 0;
         for (index_t r = 0; r < used; ++r) acc += zt[tt * z_stride + r] * rows[r][col];
@@ -197,13 +202,13 @@ void encode_sequence(const wkv7::inputs<T>& wkv, state_view<const S> start, sequ
 ///   S_t = S_c D_{c..t} + Σ_{c≤τ≤t} (u_τ b_τᵀ + v_τ k_τᵀ) D_{τ+1..t},  D_{i..j} = diag(w_i ∘ ⋯ ∘ w_j),
 /// so, over channels < n, with P_t = w_c ∘ ⋯ ∘ w_t,
 ///   e_t = S_c x̂_t + Σ_{τ≤t} (β_tτ u_τ + κ_tτ v_τ),   x̂_t = P_t ∘ x̃_t,
-///   β_tτ = (b_τ / P_τ) · x̂_t,  κ_tτ = (k_τ / P_τ) · x̂_t  (τ < t),   β_tt = b_t · x̃_t,  κ_tt = k_t · x̃_t,
+///   β_tτ = (b_τ / P_τ) · x̂_t,  κ_tτ = (k_τ / P_τ) · x̂_t  (τ ≤ t),
 /// the β, κ of a block as one product of its x̂ by the (transposed) b/P, k/P, then one product
 /// of its [x̂ β κ] (every x (n + 2·every)) by the rows [S_cᵀ; u; v]: about n² + 3n·every
-/// multiply-adds per token (half of the every-terms skipped by causality) instead of a second
-/// pass over the N² state.
-/// A block whose decays multiply to below 2⁻¹⁰⁰ before its last token (far below RWKV-7's
-/// w > 0.545) is not divided by them: its β, κ come from carrying each query back through
+/// multiply-adds per token (less the part of the every-terms that causality skips) instead of
+/// a second pass over the N² state.
+/// A block whose decays multiply to below 2⁻¹⁰⁰ (far below RWKV-7's w > 0.545 over a
+/// block) is not divided by them: its β, κ come from carrying each query back through
 /// the decays, exactly.
 template <class T, class S>
 void encode_recorded(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, sequence_view<const T> x,
@@ -300,7 +305,7 @@ void encode_recorded(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, s
         xr[tau] = as_accum(x.at(b, t, h), row(xq, tau), false, S(0));
         vr[tau] = as_accum(wkv.v.at(b, t, h), row(v, tau), false, S(0));
       }
-      // P_t, x̂_t, and b/P, k/P of every token but the last; the smallest P decides the path.
+      // P_t, x̂_t, b/P and k/P; the smallest P decides the path.
       batch smallest(S(1));
       for (index_t j = 0; j < npad; j += L) batch(S(1)).store_unaligned(P + j);
       for (index_t tau = 0; tau < m; ++tau) {
@@ -309,41 +314,30 @@ void encode_recorded(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, s
           const batch p = batch::load_unaligned(P + j) * batch::load_unaligned(wr[tau] + j);
           p.store_unaligned(P + j);
           (p * batch::load_unaligned(xr[tau] + j)).store_unaligned(zt + j);
-          if (tau + 1 < m) {
-            smallest = xsimd::min(smallest, p);
-            const batch inverse = batch(S(1)) / p;
-            (batch::load_unaligned(br[tau] + j) * inverse).store_unaligned(row(bk_rows, 2 * tau) + j);
-            (batch::load_unaligned(kr[tau] + j) * inverse).store_unaligned(row(bk_rows, 2 * tau + 1) + j);
-          }
+          smallest = xsimd::min(smallest, p);
+          const batch inverse = batch(S(1)) / p;
+          (batch::load_unaligned(br[tau] + j) * inverse).store_unaligned(row(bk_rows, 2 * tau) + j);
+          (batch::load_unaligned(kr[tau] + j) * inverse).store_unaligned(row(bk_rows, 2 * tau + 1) + j);
         }
       }
       alignas(64) S lanes[L];
       smallest.store_aligned(lanes);
       const bool divided = *std::min_element(lanes, lanes + L) >= tiny;
-      if (divided && m > 1) {  // (one token has only the diagonal)
-        // β_tτ = (b_τ / P_τ) · x̂_t and κ_tτ for every pair at once: one product of the block's
-        // x̂ by the interleaved rows b_τ/P_τ, k_τ/P_τ transposed (channels as rows), written
-        // into z after x̂.
-        std::fill(row(bk_rows, 2 * (m - 1)), row(bk_rows, 2 * epad), S(0));  // the last token, padding
+      if (divided) {
+        // β_tτ = (b_τ / P_τ) · x̂_t and κ_tτ for every pair τ ≤ t at once (the diagonal too,
+        // where P cancels): one product of the block's x̂ by the interleaved rows b_τ/P_τ,
+        // k_τ/P_τ transposed (channels as rows), written into z after x̂.
+        std::fill(row(bk_rows, 2 * m), row(bk_rows, 2 * epad), S(0));  // padding
         wkv7::detail::transpose(bk_rows, npad, 2 * epad, npad, bkt, 2 * epad);
         for (index_t j = 0; j < npad; ++j) rows[j] = bkt + j * 2 * epad;
-        detail::encoder_product<batch>(m, rows, npad, 0, z, inner, 2 * epad, z + npad, inner);
+        detail::encoder_product<batch>(m, rows, npad, 0, z, inner, 2 * epad, 2, z + npad, inner);
       }
       for (index_t t = 0; t < m; ++t) {
         S* zt = z + t * inner;
         S* pairs = zt + npad;  // β_tτ at 2τ, κ_tτ at 2τ + 1
         auto beta = [pairs](index_t tau) -> S& { return pairs[2 * tau]; };
         auto kappa = [pairs](index_t tau) -> S& { return pairs[2 * tau + 1]; };
-        if (divided) {
-          batch db(S(0)), dk(S(0));  // the diagonal: no decay
-          for (index_t j = 0; j < npad; j += L) {
-            const batch xj = batch::load_unaligned(xr[t] + j);
-            db = xsimd::fma(batch::load_unaligned(br[t] + j), xj, db);
-            dk = xsimd::fma(batch::load_unaligned(kr[t] + j), xj, dk);
-          }
-          beta(t) = xsimd::hadd(db);
-          kappa(t) = xsimd::hadd(dk);
-        } else {
+        if (!divided) {
           // Carry x̃_t back through the decays: q ← w_τ ∘ q after reading b_τ · q, k_τ · q.
           S* q = zt;  // ends as x̂_t
           std::copy_n(xr[t], npad, q);
@@ -368,10 +362,14 @@ void encode_recorded(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, s
         rows[npad + 2 * tau] = tau < m ? saved.removal() + ((b * T_ + c + tau) * H + h) * N : zero_row;
         rows[npad + 2 * tau + 1] = tau < m ? vr[tau] : zero_row;
       }
-      detail::encoder_product<batch>(m, rows, npad, 2, z, inner, nn, out, npad);
-      for (index_t t = 0; t < m; ++t) {
-        T* et = e.at(b, c + t, h);
-        for (index_t i = 0; i < nn; ++i) et[i] = static_cast<T>(out[t * npad + i]);
+      if constexpr (std::is_same_v<T, S>) {  // straight into e
+        detail::encoder_product<batch>(m, rows, npad, 2, z, inner, nn, 0, e.at(b, c, h), H * nn);
+      } else {
+        detail::encoder_product<batch>(m, rows, npad, 2, z, inner, nn, 0, out, npad);
+        for (index_t t = 0; t < m; ++t) {
+          T* et = e.at(b, c + t, h);
+          for (index_t i = 0; i < nn; ++i) et[i] = static_cast<T>(out[t * npad + i]);
+        }
       }
     }
   };
