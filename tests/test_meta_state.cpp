@@ -71,6 +71,26 @@ TEST_CASE("encode_recorded (from what wkv7::sequence recorded) matches the fp64 
   check_meta_state_ops<32, ms::backend::scalar, double>(32, 24, 33, 8);
 }
 
+TEST_CASE("meta-state ops take log-decays: the replay and the recorded encoder, and evolve (1e-6)") {
+  for (int every : {0, 5, 16}) {
+    CAPTURE(every);
+    auto p = ref::random_problem(2, 33, 2, 64, 41);
+    auto logged = p;
+    for (std::size_t i = 0; i < p.w.size(); ++i) {
+      logged.w[i] = static_cast<float>(std::log(p.w[i]));  // what the ops read
+      p.w[i] = std::exp(logged.w[i]);                        // the decay that means
+    }
+    auto in = harness::random_meta_state(p, 64, 42);
+    for (auto* x : {&p.r, &p.k, &p.v, &p.a, &p.b, &in.x}) *x = harness::widen(harness::convert<float>(*x));
+    auto m = in.m0;
+    const auto o = ref::meta_state(p, in.x, 64, m);
+    const auto got = harness::run_meta_state<64, ms::backend::default_backend, float>(
+        logged, in, every, 0, ms::wkv7::decay_input::log_w);
+    CHECK(ref::rms_relative(got.y, o) <= 1e-6);
+    CHECK(ref::rms_relative(got.state, m) <= 1e-6);
+  }
+}
+
 TEST_CASE("encode_recorded splits its work over threads correctly (whole heads, or one head's blocks)") {
   // 70 tokens of N = n = 64 in blocks of 16 are enough work for two threads. One head: the
   // two threads split its blocks. Three heads: each thread takes whole heads, unevenly.

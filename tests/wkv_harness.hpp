@@ -78,9 +78,11 @@ inline meta_state_inputs random_meta_state(const ref::wkv_problem& p, int n, std
 
 /// The encoder then `evolve`, from S_0 = p.s0: o [B,T,H,n] and M_T. The encoder is
 /// `encode_sequence` (the replay), or with `every` > 0 `encode_recorded` from what a
-/// `wkv7::sequence` call recorded every `every` tokens. `threads`: 0 = OpenMP's default.
+/// `wkv7::sequence` call recorded every `every` tokens. `threads`: 0 = OpenMP's default;
+/// `decay`: what p.w holds (every op is told).
 template <int N, class Backend, class T>
-result run_meta_state(const ref::wkv_problem& p, const meta_state_inputs& ms_in, int every = 0, int threads = 0) {
+result run_meta_state(const ref::wkv_problem& p, const meta_state_inputs& ms_in, int every = 0, int threads = 0,
+                      ms::wkv7::decay_input decay = ms::wkv7::decay_input::w) {
   using A = ms::accum_t<T>;
   const int n = ms_in.n;
   stored_inputs<T> in(p);
@@ -91,6 +93,7 @@ result run_meta_state(const ref::wkv_problem& p, const meta_state_inputs& ms_in,
   ms::meta_state::workspace<T> ws;
   ms::wkv7::options opt;
   opt.exec.threads = threads;
+  opt.decay = decay;
   const ms::sequence_view<const T> xv = in.view(x);
   const ms::state_view<const A> start_view(start.data(), p.B, p.H, p.N);
   const ms::sequence_view<T> e_view(e.data(), p.B, p.T, p.H, n);
