@@ -151,7 +151,8 @@ class simd_transposed_unit {
   simd_transposed_unit(const problem<T, float>& p, const unit& u, float* scratch)
       : p_(p), u_(u), load_(p, u.b, u.h), s_(p.state.at(u.b, u.h)), rows_(u.row1 - u.row0), work_(scratch),
         removal_(scratch + static_cast<std::size_t>(rows_) * p.n),
-        stream_y_(std::is_same_v<T, float> && p.y.size() * sizeof(float) >= stream_min_bytes) {
+        stream_outputs_(std::is_same_v<T, float> &&
+                  (p.y.size() * sizeof(float) >= stream_min_bytes || u.row1 - u.row0 < p.n)) {
     const int n = head_size<N>(p_.n).value();
     transpose(s_ + static_cast<index_t>(u_.row0) * n, n, rows_, n, work_, rows_);
     // u for the first token: u = S_0 a_0, column by column.
@@ -169,7 +170,7 @@ class simd_transposed_unit {
     const float* a_next = t + 1 < p_.tokens ? load_.load_a_ahead(t + 1) : x.a;
     float* y = load_.y_target(t);
     if (float* saved = p_.removal_target(u_.b, t, u_.h))  // u_t, formed during the previous token
-      copy_floats(removal_ + u_.row0, saved + u_.row0, rows_);
+      for (int q = 0; q < rows_; q += L) store_output(batch::load_unaligned(removal_ + u_.row0 + q), saved + u_.row0 + q);
     int i = u_.row0;
     for (; i + RB * L <= u_.row1; i += RB * L) rows<RB>(i, x, a_next, y);
     // Two threads splitting a state's 64 rows get 32 each: two 16-lane vectors.
@@ -180,21 +181,26 @@ class simd_transposed_unit {
 
   /// Writes the unit's rows of the current state into the transposed n x n `dst`: the
   /// private copy already has that layout, one contiguous run per column (one run in all
-  /// when the unit has every row).
+  /// when the unit has every row). Like y, a record split by rows goes around the caches
+  /// (`store_output`): two cores writing halves of every column through them made a
+  /// 128-token call of one head with its record 2.5x slower than without (ad hoc).
   void store(float* dst) const {
     const int n = head_size<N>(p_.n).value();
     if (rows_ == n) {
       copy_floats(work_, dst, static_cast<std::size_t>(n) * n);
       return;
     }
-    for (int j = 0; j < n; ++j)
-      copy_floats(work_ + static_cast<std::size_t>(j) * rows_, dst + static_cast<index_t>(j) * n + u_.row0, rows_);
+    for (int j = 0; j < n; ++j) {
+      const float* from = work_ + static_cast<std::size_t>(j) * rows_;
+      float* to = dst + static_cast<index_t>(j) * n + u_.row0;
+      for (int q = 0; q < rows_; q += L) store_output(batch::load_unaligned(from + q), to + q);
+    }
   }
 
   /// Writes the unit's rows back into the caller's state.
   void finish() {
 #if defined(__AVX__)
-    if (stream_y_) _mm_sfence();  // the streamed y stores are weakly ordered
+    if (stream_outputs_) _mm_sfence();  // the streamed stores are weakly ordered
 #endif
     const int n = head_size<N>(p_.n).value();
     transpose(work_, rows_, n, rows_, s_ + static_cast<index_t>(u_.row0) * n, n);
@@ -244,7 +250,7 @@ class simd_transposed_unit {
         out[0][q] += out[parity][q];
         next[0][q] += next[parity][q];
       }
-      store_y(out[0][q], y + i0 + q * L);
+      store_output(out[0][q], y + i0 + q * L);
       next[0][q].store_unaligned(removal + i0 + q * L);
     }
   }
@@ -260,13 +266,16 @@ class simd_transposed_unit {
   /// threads write neighbouring heads' pieces of every token's y row through the caches,
   /// the cores' traffic on those lines costs up to a third of the two-thread speed-up
   /// (docs/PERFORMANCE.md). Smaller outputs, which the caller reads back from the caches
-  /// (a model's chunk), are stored normally.
+  /// (a model's chunk), are stored normally, unless threads split the head's rows: then
+  /// two cores write halves of the same y row at every token, which through the caches made
+  /// 128-token calls of one head up to 1.6x slower, depending on where y lay (ad hoc). The
+  /// recorded u and states of such a unit go the same way.
   static constexpr std::size_t stream_min_bytes = std::size_t(1) << 20;
 
-  void store_y(const batch& v, float* dst) const {
+  void store_output(const batch& v, float* dst) const {
 #if defined(__AVX__)
     const auto address = reinterpret_cast<std::uintptr_t>(dst);
-    if (stream_y_ && address % 16 == 0) {  // malloc'ed buffers are 16-byte aligned
+    if (stream_outputs_ && address % 16 == 0) {  // malloc'ed buffers are 16-byte aligned
       if constexpr (sizeof(batch) == 32) {
         const __m256 x = v;
         if (address % 32 == 0) {
@@ -303,7 +312,7 @@ class simd_transposed_unit {
   int rows_;
   float* work_;     // the unit's rows, transposed: column j at work_ + j * rows_
   float* removal_;  // u, indexed by state row
-  bool stream_y_;  // y is the caller's float output and larger than the caches
+  bool stream_outputs_;  // y (and the record) go around the caches: see `stream_min_bytes`
 };
 
 /// The lane count of the simd backend's arithmetic on `Arch`.
