@@ -152,7 +152,7 @@ class simd_transposed_unit {
       : p_(p), u_(u), load_(p, u.b, u.h), s_(p.state.at(u.b, u.h)), rows_(u.row1 - u.row0), work_(scratch),
         removal_(scratch + static_cast<std::size_t>(rows_) * p.n),
         stream_outputs_(std::is_same_v<T, float> &&
-                  (p.y.size() * sizeof(float) >= stream_min_bytes || u.row1 - u.row0 < p.n)) {
+                        (p.y.size() * sizeof(float) >= stream_min_bytes || u.row1 - u.row0 < p.n)) {
     const int n = head_size<N>(p_.n).value();
     transpose(s_ + static_cast<index_t>(u_.row0) * n, n, rows_, n, work_, rows_);
     // u for the first token: u = S_0 a_0, column by column.
@@ -170,7 +170,7 @@ class simd_transposed_unit {
     const float* a_next = t + 1 < p_.tokens ? load_.load_a_ahead(t + 1) : x.a;
     float* y = load_.y_target(t);
     if (float* saved = p_.removal_target(u_.b, t, u_.h))  // u_t, formed during the previous token
-      for (int q = 0; q < rows_; q += L) store_output(batch::load_unaligned(removal_ + u_.row0 + q), saved + u_.row0 + q);
+      for (int q = u_.row0; q < u_.row1; q += L) store_output(batch::load_unaligned(removal_ + q), saved + q);
     int i = u_.row0;
     for (; i + RB * L <= u_.row1; i += RB * L) rows<RB>(i, x, a_next, y);
     // Two threads splitting a state's 64 rows get 32 each: two 16-lane vectors.
@@ -180,16 +180,12 @@ class simd_transposed_unit {
   }
 
   /// Writes the unit's rows of the current state into the transposed n x n `dst`: the
-  /// private copy already has that layout, one contiguous run per column (one run in all
-  /// when the unit has every row). Like y, a record split by rows goes around the caches
-  /// (`store_output`): two cores writing halves of every column through them made a
-  /// 128-token call of one head with its record 2.5x slower than without (ad hoc).
+  /// private copy already has that layout, one contiguous run per column. Like y, it goes
+  /// around the caches where y does (`store_output`): for a unit with part of the rows, two
+  /// cores writing halves of every column through them made a 128-token call of one head
+  /// with its record 2.5x slower than without (ad hoc).
   void store(float* dst) const {
     const int n = head_size<N>(p_.n).value();
-    if (rows_ == n) {
-      copy_floats(work_, dst, static_cast<std::size_t>(n) * n);
-      return;
-    }
     for (int j = 0; j < n; ++j) {
       const float* from = work_ + static_cast<std::size_t>(j) * rows_;
       float* to = dst + static_cast<index_t>(j) * n + u_.row0;
@@ -255,21 +251,14 @@ class simd_transposed_unit {
     }
   }
 
-  /// A copy inlined here: `std::copy` of a few hundred bytes is a library call, which at
-  /// every token or column costs more than the copy. `count` is a multiple of L (rows come
-  /// in vectors).
-  static void copy_floats(const float* from, float* to, std::size_t count) {
-    for (std::size_t i = 0; i < count; i += L) batch::load_unaligned(from + i).store_unaligned(to + i);
-  }
-
   /// An output larger than this goes around the caches (non-temporal stores): when two
   /// threads write neighbouring heads' pieces of every token's y row through the caches,
   /// the cores' traffic on those lines costs up to a third of the two-thread speed-up
   /// (docs/PERFORMANCE.md). Smaller outputs, which the caller reads back from the caches
   /// (a model's chunk), are stored normally, unless threads split the head's rows: then
   /// two cores write halves of the same y row at every token, which through the caches made
-  /// 128-token calls of one head up to 1.6x slower, depending on where y lay (ad hoc). The
-  /// recorded u and states of such a unit go the same way.
+  /// 128-token calls of one head up to 1.6x slower, depending on where y lay (ad hoc). A
+  /// record (u and states) goes the way y goes.
   static constexpr std::size_t stream_min_bytes = std::size_t(1) << 20;
 
   void store_output(const batch& v, float* dst) const {
@@ -312,7 +301,7 @@ class simd_transposed_unit {
   int rows_;
   float* work_;     // the unit's rows, transposed: column j at work_ + j * rows_
   float* removal_;  // u, indexed by state row
-  bool stream_outputs_;  // y (and the record) go around the caches: see `stream_min_bytes`
+  bool stream_outputs_;  // y and the record go around the caches: see `stream_min_bytes`
 };
 
 /// The lane count of the simd backend's arithmetic on `Arch`.
