@@ -72,22 +72,33 @@ TEST_CASE("encode_recorded (from what wkv7::sequence recorded) matches the fp64 
 }
 
 TEST_CASE("meta-state ops take log-decays: the replay and the recorded encoder, and evolve (1e-6)") {
-  for (int every : {0, 5, 16}) {
-    CAPTURE(every);
-    auto p = ref::random_problem(2, 33, 2, 64, 41);
-    auto logged = p;
-    for (std::size_t i = 0; i < p.w.size(); ++i) {
-      logged.w[i] = static_cast<float>(std::log(p.w[i]));  // what the ops read
-      p.w[i] = std::exp(logged.w[i]);                        // the decay that means
+  // N = n = 64; and N = 48, n = 20 (channels padded to whole vectors) with one decay in seven
+  // 1e-30 (the recorded encoder's undivided path).
+  struct config {
+    int N, n;
+    bool tiny_decays;
+  };
+  for (const config c : {config{64, 64, false}, config{48, 20, true}}) {
+    for (int every : {0, 5, 16}) {
+      CAPTURE(c.N);
+      CAPTURE(every);
+      auto p = ref::random_problem(2, 33, 2, c.N, 41);
+      if (c.tiny_decays)
+        for (std::size_t i = 0; i < p.w.size(); i += 7) p.w[i] = 1e-30;
+      auto logged = p;
+      for (std::size_t i = 0; i < p.w.size(); ++i) {
+        logged.w[i] = static_cast<float>(std::log(p.w[i]));  // what the ops read
+        p.w[i] = std::exp(logged.w[i]);                        // the decay that means
+      }
+      auto in = harness::random_meta_state(p, c.n, 42);
+      for (auto* x : {&p.r, &p.k, &p.v, &p.a, &p.b, &in.x}) *x = harness::widen(harness::convert<float>(*x));
+      auto m = in.m0;
+      const auto o = ref::meta_state(p, in.x, c.n, m);
+      const auto got = harness::run_meta_state<ms::dynamic, ms::backend::default_backend, float>(
+          logged, in, every, 0, ms::wkv7::decay_input::log_w);
+      CHECK(ref::rms_relative(got.y, o) <= 1e-6);
+      CHECK(ref::rms_relative(got.state, m) <= 1e-6);
     }
-    auto in = harness::random_meta_state(p, 64, 42);
-    for (auto* x : {&p.r, &p.k, &p.v, &p.a, &p.b, &in.x}) *x = harness::widen(harness::convert<float>(*x));
-    auto m = in.m0;
-    const auto o = ref::meta_state(p, in.x, 64, m);
-    const auto got = harness::run_meta_state<64, ms::backend::default_backend, float>(
-        logged, in, every, 0, ms::wkv7::decay_input::log_w);
-    CHECK(ref::rms_relative(got.y, o) <= 1e-6);
-    CHECK(ref::rms_relative(got.state, m) <= 1e-6);
   }
 }
 
