@@ -306,16 +306,14 @@ void encode_recorded(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, s
     std::fill_n(zero_row, npad, S(0));
     auto row = [npad](S* base, index_t tau) { return base + tau * npad; };
     {
-      // The block's inputs as S over the padded channels: the inputs themselves when they
-      // are S and whole vectors, else copies (decays from log-decays, padding 1 and 0).
       const S *wr[max_every], *br[max_every], *kr[max_every], *xr[max_every], *vr[max_every];
       as_accum(wkv.w, b, c, h, m, wr, w, log_decay, S(1));
       as_accum(wkv.b, b, c, h, m, br, bk, false, S(0));
       as_accum(wkv.k, b, c, h, m, kr, kk, false, S(0));
       as_accum(x, b, c, h, m, xr, xq, false, S(0));
       as_accum(wkv.v, b, c, h, m, vr, v, false, S(0));
-      // P_t, x̂_t, b/P and k/P; the smallest P decides the path. (Tokens outer: channels
-      // outer, with P in a register, read the inputs' rows piecewise, 1.25x slower at H = 12.)
+      // P_t, x̂_t, b/P and k/P; the smallest P decides the path. Tokens outer: with channels
+      // outer (P in a register) the inputs' rows were read piecewise, 1.25x slower at H = 12.
       batch smallest(S(1));
       for (index_t j = 0; j < npad; j += L) batch(S(1)).store_unaligned(P + j);
       for (index_t tau = 0; tau < m; ++tau) {
