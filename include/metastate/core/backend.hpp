@@ -1,6 +1,7 @@
 // Backend tags, chosen at compile time; a more specific backend falls back by inheritance.
 #pragma once
 
+#include <type_traits>
 #include <xsimd/xsimd.hpp>
 
 namespace metastate::backend {
@@ -29,6 +30,18 @@ using default_simd_arch = xsimd::avx512f;
 #else
 using default_simd_arch = narrow_simd_arch;
 #endif
+
+/// Vector registers of an architecture (32 for AVX-512 and 64-bit NEON, else 16): how
+/// wide a register tile can be without spilling.
+template <class Arch>
+inline constexpr int registers =
+#if XSIMD_WITH_AVX512F
+    std::is_base_of_v<xsimd::avx512f, Arch> ? 32 :
+#endif
+#if XSIMD_WITH_NEON64
+    std::is_base_of_v<xsimd::neon64, Arch> ? 32 :
+#endif
+                                                  16;
 
 /// The fused xsimd kernel. Head sizes that are not a multiple of the lane count run on
 /// `narrow_simd_arch` when they are a multiple of its lane count, else fall back to the

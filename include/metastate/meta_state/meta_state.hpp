@@ -87,6 +87,12 @@ void encoder_tile(const S* const* rows, index_t inner, const S* z, index_t z_str
     for (int cv = 0; cv < CV; ++cv) acc[tt][cv].store_unaligned(out + tt * out_stride + col + cv * L);
 }
 
+/// The most vectors of columns a 4-token tile takes: its 4·CV accumulators, CV loaded row
+/// vectors and a broadcast must stay in registers (16 of them below AVX-512: at CV = 4 the
+/// tile spilled).
+template <class Batch>
+inline constexpr int widest_tile = backend::registers<typename Batch::arch_type> >= 32 ? 4 : 2;
+
 /// `encoder_tile` for TT = 1..4 tokens.
 template <int CV, class Batch, class S>
 void encoder_tiles(int tokens, const S* const* rows, index_t inner, const S* z, index_t z_stride, index_t col,
@@ -117,7 +123,8 @@ void encoder_product(index_t tokens, const S* const* rows, index_t inner, index_
     const S* zt = z + t0 * z_stride;
     S* ot = out + t0 * out_stride;
     index_t col = 0;
-    for (; col + 4 * L <= needed; col += 4 * L) encoder_tiles<4, Batch>(count, rows, used, zt, z_stride, col, ot, out_stride);
+    if constexpr (widest_tile<Batch> >= 4)
+      for (; col + 4 * L <= needed; col += 4 * L) encoder_tiles<4, Batch>(count, rows, used, zt, z_stride, col, ot, out_stride);
     for (; col + 2 * L <= needed; col += 2 * L) encoder_tiles<2, Batch>(count, rows, used, zt, z_stride, col, ot, out_stride);
     for (; col + L <= needed; col += L) encoder_tiles<1, Batch>(count, rows, used, zt, z_stride, col, ot, out_stride);
     for (; col < needed; ++col)

@@ -52,42 +52,58 @@ struct problem {
   }
 };
 
+#if defined(__AVX__)
+/// The widest float vector the compiler targets, as a GCC vector: the transposes' tile width.
 #if XSIMD_WITH_AVX512F
-/// One stage of a 16 x 16 float transpose: swaps the off-diagonal B x B blocks of rows x, y.
+inline constexpr int transpose_width = 16;
+#else
+inline constexpr int transpose_width = 8;
+#endif
+using transpose_vector = float __attribute__((vector_size(4 * transpose_width)));
+/// The same for loads and stores at any float's alignment.
+using transpose_unaligned = float __attribute__((vector_size(4 * transpose_width), aligned(4), may_alias));
+
+/// One stage of a W x W float transpose: swaps the off-diagonal B x B blocks of rows x, y.
 template <int B, int... K>
-void transpose_stage(float __attribute__((vector_size(64))) & x, float __attribute__((vector_size(64))) & y,
-                     std::integer_sequence<int, K...>) {
-  const auto lo = __builtin_shufflevector(x, y, ((K & B) == 0 ? K : 16 + K - B)...);
-  const auto hi = __builtin_shufflevector(x, y, ((K & B) == 0 ? K + B : 16 + K)...);
+void transpose_stage(transpose_vector& x, transpose_vector& y, std::integer_sequence<int, K...>) {
+  constexpr int W = transpose_width;
+  const auto lo = __builtin_shufflevector(x, y, ((K & B) == 0 ? K : W + K - B)...);
+  const auto hi = __builtin_shufflevector(x, y, ((K & B) == 0 ? K + B : W + K)...);
   x = lo;
   y = hi;
 }
 #endif
 
 /// dst[c * dst_stride + r] = src[r * src_stride + c] for r < rows, c < columns (both multiples
-/// of 16 for the vector path: four stages of two-row shuffles per 16 x 16 tile).
+/// of the vector width W for the vector path: log2 W stages of two-row shuffles per W x W
+/// tile; 16 with AVX-512, 8 with AVX).
 template <class S>
 void transpose(const S* src, index_t src_stride, index_t rows, index_t columns, S* dst, index_t dst_stride) {
-#if XSIMD_WITH_AVX512F
+#if defined(__AVX__)
   if constexpr (std::is_same_v<S, float>) {
-    if (rows % 16 == 0 && columns % 16 == 0) {
-      using v16 = float __attribute__((vector_size(64)));
-      const auto lanes = std::make_integer_sequence<int, 16>{};
-      for (index_t r0 = 0; r0 < rows; r0 += 16)
-        for (index_t c0 = 0; c0 < columns; c0 += 16) {
-          v16 x[16];
-          for (int q = 0; q < 16; ++q) std::memcpy(&x[q], src + (r0 + q) * src_stride + c0, sizeof(v16));
-          for (int q = 0; q < 16; ++q) {  // row pairs (q, q + B) with bit B of q clear
+    constexpr int W = transpose_width;
+    if (rows % W == 0 && columns % W == 0) {
+      const auto lanes = std::make_integer_sequence<int, W>{};
+      for (index_t r0 = 0; r0 < rows; r0 += W)
+        for (index_t c0 = 0; c0 < columns; c0 += W) {
+          transpose_vector x[W];
+          // (Whole-vector loads and stores: as memcpy in a loop GCC made the 8-wide tile two
+          // 16-byte copies through the stack, which the shuffles then read back whole.)
+#pragma GCC unroll 16
+          for (int q = 0; q < W; ++q) x[q] = *reinterpret_cast<const transpose_unaligned*>(src + (r0 + q) * src_stride + c0);
+          for (int q = 0; q < W; ++q) {  // row pairs (q, q + B) with bit B of q clear
             if ((q & 1) == 0) transpose_stage<1>(x[q], x[q + 1], lanes);
           }
-          for (int q = 0; q < 16; ++q) {
+          for (int q = 0; q < W; ++q) {
             if ((q & 2) == 0) transpose_stage<2>(x[q], x[q + 2], lanes);
           }
-          for (int q = 0; q < 16; ++q) {
+          for (int q = 0; q < W; ++q) {
             if ((q & 4) == 0) transpose_stage<4>(x[q], x[q + 4], lanes);
           }
-          for (int q = 0; q < 8; ++q) transpose_stage<8>(x[q], x[q + 8], lanes);
-          for (int q = 0; q < 16; ++q) std::memcpy(dst + (c0 + q) * dst_stride + r0, &x[q], sizeof(v16));
+          if constexpr (W == 16)
+            for (int q = 0; q < 8; ++q) transpose_stage<8>(x[q], x[q + 8], lanes);
+#pragma GCC unroll 16
+          for (int q = 0; q < W; ++q) *reinterpret_cast<transpose_unaligned*>(dst + (c0 + q) * dst_stride + r0) = x[q];
         }
       return;
     }
