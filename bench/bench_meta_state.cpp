@@ -17,9 +17,10 @@ namespace {
 using bench::workload;
 
 /// The recurrent work of a layer as the model runs it, chunk by chunk: the WKV-7 op alone
-/// (`meta` false: the baseline), or the WKV-7 op and a Meta-State layer's ops: the encoder
-/// (from what the WKV-7 op recorded every `every` tokens, or by replay when `every` = 0),
-/// then the Meta-State recurrence with its readout. The difference of the two is the
+/// (`meta` false: the baseline), or the WKV-7 op and a Meta-State layer's ops: from what the
+/// WKV-7 op recorded every `every` tokens, `evolve_recorded` (the encoder and the Meta-State
+/// recurrence with its readout in one pass, as the model runs them); with `every` = 0 the
+/// replay encoder, then `evolve`. The difference of the two is the
 /// Meta-State layer's cost; both count the WKV-7 op's flop, so tokens/s compare directly.
 /// Every chunk reads the same chunk-sized inputs, which stay in the caches: in the model the
 /// projections have just written them (inputs streamed from memory slowed the baseline
@@ -43,13 +44,15 @@ void layer_chunks(benchmark::State& st, int H, int T, int chunk, int every, bool
       if (meta && every == 0) start = x.state;  // the replay starts from it
       ms::wkv7::sequence<N, Backend>(in, ms::state_view<float>(x.state.data(), 1, H, 64), out(y), opt, record);
       if (!meta) continue;
+      const ms::state_view<float> m_view(m.data(), 1, H, 64);
+      if (every > 0) {  // what the model runs: the encoder and the evolution in one pass
+        ms::meta_state::evolve_recorded(in, record, at(x.r), m_view, out(o), 64, ws, opt);
+        continue;
+      }
       const ms::state_view<const float> start_view(start.data(), 1, H, 64);
-      if (every > 0)
-        ms::meta_state::encode_recorded(in, record, at(x.r), out(e), 64, ws, opt);
-      else
-        ms::meta_state::encode_sequence<N, Backend>(in, start_view, at(x.r), out(e), 64, ws, opt);
-      ms::meta_state::evolve<N, Backend>(in.w, in.a, in.b, ms::sequence_view<const float>(out(e)), at(x.r),
-                                         ms::state_view<float>(m.data(), 1, H, 64), out(o), ws, opt);
+      ms::meta_state::encode_sequence<N, Backend>(in, start_view, at(x.r), out(e), 64, ws, opt);
+      ms::meta_state::evolve<N, Backend>(in.w, in.a, in.b, ms::sequence_view<const float>(out(e)), at(x.r), m_view,
+                                         out(o), ws, opt);
     }
     benchmark::ClobberMemory();
   }

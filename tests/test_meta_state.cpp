@@ -17,9 +17,10 @@ using fixture::random_tokens;
 using fixture::run;
 using fixture::flatten;
 
-/// `every` = 0: the replay encoder; otherwise `encode_recorded`. `tiny_decays`: one decay
-/// in seven is 1e-30, so products of a block's decays underflow. B = H = 2 unless given;
-/// `threads` 0 = OpenMP's default.
+/// `every` = 0: the replay encoder; otherwise `encode_recorded` then `evolve`, and
+/// `evolve_recorded` (both from the record). `tiny_decays`: one decay in seven is 1e-30, so
+/// products of a block's decays underflow. B = H = 2 unless given; `threads` 0 = OpenMP's
+/// default.
 template <int N, class Backend, class Storage = float>
 void check_meta_state_ops(int head_size, int n, int T, int every = 0, bool tiny_decays = false, int batch = 2,
                           int heads = 2, int threads = 0) {
@@ -39,10 +40,14 @@ void check_meta_state_ops(int head_size, int n, int T, int every = 0, bool tiny_
   for (auto* x : {&p.r, &p.w, &p.k, &p.v, &p.a, &p.b, &in.x}) *x = harness::widen(harness::convert<Storage>(*x));
   auto m = in.m0;
   const auto o = ref::meta_state(p, in.x, n, m);
-  const auto got = harness::run_meta_state<N, Backend, Storage>(p, in, every, threads);
   const double budget = std::is_same_v<Storage, double> ? 1e-12 : std::is_same_v<Storage, float> ? 1e-6 : 1e-2;
-  CHECK(ref::rms_relative(got.y, o) <= budget);
-  CHECK(ref::rms_relative(got.state, m) <= budget);
+  for (bool fused : {false, true}) {
+    if (fused && every == 0) continue;
+    CAPTURE(fused);
+    const auto got = harness::run_meta_state<N, Backend, Storage>(p, in, every, threads, ms::wkv7::decay_input::w, fused);
+    CHECK(ref::rms_relative(got.y, o) <= budget);
+    CHECK(ref::rms_relative(got.state, m) <= budget);
+  }
 }
 
 TEST_CASE("meta-state ops (encode_sequence, evolve) match the fp64 op reference (SPEC §4, §7: 1e-6)") {
@@ -94,17 +99,22 @@ TEST_CASE("meta-state ops take log-decays: the replay and the recorded encoder, 
       for (auto* x : {&p.r, &p.k, &p.v, &p.a, &p.b, &in.x}) *x = harness::widen(harness::convert<float>(*x));
       auto m = in.m0;
       const auto o = ref::meta_state(p, in.x, c.n, m);
-      const auto got = harness::run_meta_state<ms::dynamic, ms::backend::default_backend, float>(
-          logged, in, every, 0, ms::wkv7::decay_input::log_w);
-      CHECK(ref::rms_relative(got.y, o) <= 1e-6);
-      CHECK(ref::rms_relative(got.state, m) <= 1e-6);
+      for (bool fused : {false, true}) {
+        if (fused && every == 0) continue;
+        CAPTURE(fused);
+        const auto got = harness::run_meta_state<ms::dynamic, ms::backend::default_backend, float>(
+            logged, in, every, 0, ms::wkv7::decay_input::log_w, fused);
+        CHECK(ref::rms_relative(got.y, o) <= 1e-6);
+        CHECK(ref::rms_relative(got.state, m) <= 1e-6);
+      }
     }
   }
 }
 
-TEST_CASE("encode_recorded splits its work over threads correctly (whole heads, or one head's blocks)") {
+TEST_CASE("encode_recorded and evolve_recorded split their work over threads correctly (whole heads, or not)") {
   // 70 tokens of N = n = 64 in blocks of 16 are enough work for two threads. One head: the
-  // two threads split its blocks. Three heads: each thread takes whole heads, unevenly.
+  // two threads split its blocks (evolve_recorded: then split M's rows). Three heads: each
+  // thread takes whole heads, unevenly.
   for (int threads : {1, 2}) {
     check_meta_state_ops<64, ms::backend::default_backend>(64, 64, 70, 16, false, 1, 1, threads);
     check_meta_state_ops<64, ms::backend::default_backend>(64, 64, 70, 16, false, 1, 3, threads);
@@ -185,6 +195,12 @@ TEST_CASE("meta-state ops reject outputs that share memory with their other tens
                                                        seq(const_cast<float*>(in.k.data())), N, ws),
                        ("meta_state::encode_recorded: tensor 'e' overlaps 'k" + tail).c_str(), ms::overlap_error);
   const ms::state_view<float> mv(m.data(), 1, 1, N);
+  CHECK_THROWS_WITH_AS(ms::meta_state::evolve_recorded(in.all(), saved, cseq(x.data()), mv, seq(x.data()), N, ws),
+                       ("meta_state::evolve_recorded: tensor 'o' overlaps 'x" + tail).c_str(), ms::overlap_error);
+  CHECK_THROWS_WITH_AS(ms::meta_state::evolve_recorded(in.all(), saved, cseq(x.data()),
+                                                       ms::state_view<float>(const_cast<float*>(in.a.data()), 1, 1, N),
+                                                       seq(o.data()), N, ws),
+                       ("meta_state::evolve_recorded: tensor 'm' overlaps 'a" + tail).c_str(), ms::overlap_error);
   const auto w = in.view(in.w), a = in.view(in.a), b = in.view(in.b);
   CHECK_THROWS_WITH_AS(ms::meta_state::evolve<N>(w, a, b, cseq(e.data()), cseq(x.data()), mv, seq(x.data()), ws),
                        ("meta_state::evolve: tensor 'o' overlaps 'x" + tail).c_str(), ms::overlap_error);
@@ -224,6 +240,18 @@ TEST_CASE("meta-state ops check every tensor's shape and name it") {
   CHECK_THROWS_WITH_AS(ms::meta_state::encode_recorded(with_w(ms::sequence_view<const float>(nullptr, 1, T_, 2, N)),
                                                        saved, xv, ev, N, ws),
                        "meta_state::encode_recorded: tensor 'w' has no data", ms::shape_error);
+  const ms::sequence_view<float> ov(o.data(), 1, T_, 2, N);
+  CHECK_THROWS_WITH_AS(ms::meta_state::evolve_recorded(in.all(), saved, xv, ms::state_view<float>(m.data(), 1, 1, N),
+                                                       ov, N, ws),
+                       "meta_state::evolve_recorded: tensor 'm' has shape [1,1,16,16], expected [1,2,16,16]",
+                       ms::shape_error);
+  CHECK_THROWS_WITH_AS(ms::meta_state::evolve_recorded(in.all(), saved, xv, ms::state_view<float>(m.data(), 1, 2, N),
+                                                       ms::sequence_view<float>(o.data(), 1, T_, 2, 8), N, ws),
+                       "meta_state::evolve_recorded: tensor 'o' has shape [1,8,2,8], expected [1,8,2,16]",
+                       ms::shape_error);
+  CHECK_THROWS_WITH_AS(ms::meta_state::evolve_recorded(in.all(), saved, xv, ms::state_view<float>(m.data(), 1, 2, N),
+                                                       ov, N + 1, ws),
+                       "meta_state::evolve_recorded: sse_dim 17 must be in [1, head size 16]", ms::shape_error);
   ms::wkv7::options negative;
   negative.exec.threads = -1;
   CHECK_THROWS_WITH_AS(ms::meta_state::encode_recorded(in.all(), saved, xv, ev, N, ws, negative),

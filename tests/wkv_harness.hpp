@@ -78,11 +78,12 @@ inline meta_state_inputs random_meta_state(const ref::wkv_problem& p, int n, std
 
 /// The encoder then `evolve`, from S_0 = p.s0: o [B,T,H,n] and M_T. The encoder is
 /// `encode_sequence` (the replay), or with `every` > 0 `encode_recorded` from what a
-/// `wkv7::sequence` call recorded every `every` tokens. `threads`: 0 = OpenMP's default;
-/// `decay`: what p.w holds (every op is told).
+/// `wkv7::sequence` call recorded every `every` tokens; `fused` (with `every` > 0):
+/// `evolve_recorded` instead of both. `threads`: 0 = OpenMP's default; `decay`: what p.w
+/// holds (every op is told).
 template <int N, class Backend, class T>
 result run_meta_state(const ref::wkv_problem& p, const meta_state_inputs& ms_in, int every = 0, int threads = 0,
-                      ms::wkv7::decay_input decay = ms::wkv7::decay_input::w) {
+                      ms::wkv7::decay_input decay = ms::wkv7::decay_input::w, bool fused = false) {
   using A = ms::accum_t<T>;
   const int n = ms_in.n;
   stored_inputs<T> in(p);
@@ -101,11 +102,17 @@ result run_meta_state(const ref::wkv_problem& p, const meta_state_inputs& ms_in,
     std::vector<A> state = start;
     std::vector<T> y(p.seq_size());
     ms::wkv7::record<A> saved(every);
-    // The encoder reuses its scratch without clearing it: poisoned, any value it reads
-    // before writing shows in e.
-    ws.encoder.assign(std::size_t(1) << 18, std::numeric_limits<A>::quiet_NaN());
+    // The encoder reuses its scratch without clearing it: poisoned (more than any case here
+    // uses), any value it reads before writing shows in e or o.
+    ws.encoder.assign(std::size_t(1) << 20, std::numeric_limits<A>::quiet_NaN());
     ms::wkv7::sequence<N, Backend>(in.all(), ms::state_view<A>(state.data(), p.B, p.H, p.N),
                                    ms::sequence_view<T>(y.data(), p.B, p.T, p.H, p.N), opt, saved);
+    if (fused) {
+      const ms::state_view<A> mv(m.data(), p.B, p.H, n);
+      const ms::sequence_view<T> ov(o.data(), p.B, p.T, p.H, n);
+      ms::meta_state::evolve_recorded(in.all(), saved, xv, mv, ov, n, ws, opt);
+      return {widen(o), widen(m)};
+    }
     ms::meta_state::encode_recorded(in.all(), saved, xv, e_view, n, ws, opt);
   } else {
     ms::meta_state::encode_sequence<N, Backend>(in.all(), start_view, xv, e_view, n, ws, opt);

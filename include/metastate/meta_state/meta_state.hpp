@@ -27,7 +27,7 @@ namespace metastate::meta_state {
 /// Scratch reused across calls (sizes only grow): no allocation once warmed up.
 template <class T>
 struct workspace {
-  aligned_vector<T> query, replay_y, w, a, b, x;
+  aligned_vector<T> query, replay_y, w, a, b, x, encoded;
   aligned_vector<accum_t<T>> replay_state, encoder;
   std::vector<const accum_t<T>*> encoder_rows;
 };
@@ -46,6 +46,13 @@ inline void check_sse_dim(const char* context, int n, index_t N) {
   if (n <= 0 || n > N)
     throw shape_error(std::string(context) + ": sse_dim " + std::to_string(n) + " must be in [1, head size " +
                       std::to_string(N) + "]");
+}
+
+/// A view with elements must have data.
+template <class View>
+void expect_data(const char* context, const char* name, const View& view) {
+  if (view.size() > 0 && view.data() == nullptr)
+    throw shape_error(std::string(context) + ": tensor '" + name + "' has no data");
 }
 
 /// dst [B,T,H,n] = src[..., :n] (dst reuses `buffer`).
@@ -202,42 +209,90 @@ void encode_sequence(const wkv7::inputs<T>& wkv, state_view<const S> start, sequ
   }
 }
 
-/// Encoder over a sequence from what `wkv7::sequence` recorded for the same inputs
-/// (`saved`: the state at the start of every block of `saved.every` tokens, transposed, and
-/// u_t of every token): e [B,T,H,n] = S_t[:n,:n] x̃_t[:n] without replaying the recurrence.
-/// In a block from the state S_c before its first token c,
-///   S_t = S_c D_{c..t} + Σ_{c≤τ≤t} (u_τ b_τᵀ + v_τ k_τᵀ) D_{τ+1..t},  D_{i..j} = diag(w_i ∘ ⋯ ∘ w_j),
-/// so, over channels < n, with P_t = w_c ∘ ⋯ ∘ w_t,
-///   e_t = S_c x̂_t + Σ_{τ≤t} (β_tτ u_τ + κ_tτ v_τ),   x̂_t = P_t ∘ x̃_t,
-///   β_tτ = (b_τ / P_τ) · x̂_t,  κ_tτ = (k_τ / P_τ) · x̂_t  (τ ≤ t),
-/// the β, κ of a block as one product of its x̂ by the (transposed) b/P, k/P, then one product
-/// of its [x̂ β κ] (every x (n + 2·every)) by the rows [S_cᵀ; u; v]: about n² + 3n·every
-/// multiply-adds per token (less the part of the every-terms that causality skips) instead of
-/// a second pass over the N² state.
-/// A block whose decays multiply to below 2⁻¹⁰⁰ (far below RWKV-7's w > 0.545 over a
-/// block) is not divided by them: its β, κ come from carrying each query back through
-/// the decays, exactly.
+namespace detail {
+
+/// One token of the WKV-7 recurrence on a transposed working copy (column j of the np rows
+/// at X + j·np), rows [i0, i0 + R·L):
+///   X[:,j] ← X[:,j] ∘ w[j] (when Decay) + u·b[j] + e·k[j];  o = X q;  u ← X a (the next u).
+/// The Meta-State recurrence in its deferred form (Decay false) or plain.
+template <int R, bool Decay, class Batch, class S>
+METASTATE_ALWAYS_INLINE void recurrence_rows(S* X, index_t np, index_t i0, const S* w, const S* b, const S* k,
+                                             const S* q, const S* a, S* u, const S* e, S* o) {
+  constexpr index_t L = static_cast<index_t>(Batch::size);
+  Batch uu[R], ee[R], out[R], next[R];
+  for (int r = 0; r < R; ++r) {
+    uu[r] = Batch::load_aligned(u + i0 + r * L);
+    ee[r] = Batch::load_aligned(e + i0 + r * L);
+    out[r] = next[r] = Batch(S(0));
+  }
+  S* col = X + i0;
+  for (index_t j = 0; j < np; ++j, col += np) {
+    const Batch bj(b[j]), kj(k[j]), qj(q[j]), aj(a[j]);
+    for (int r = 0; r < R; ++r) {
+      Batch x = Batch::load_aligned(col + r * L);
+      if constexpr (Decay) x *= Batch(w[j]);
+      x = xsimd::fma(uu[r], bj, x);
+      x = xsimd::fma(ee[r], kj, x);
+      x.store_aligned(col + r * L);
+      out[r] = xsimd::fma(x, qj, out[r]);
+      next[r] = xsimd::fma(x, aj, next[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    out[r].store_aligned(o + i0 + r * L);
+    next[r].store_aligned(u + i0 + r * L);
+  }
+}
+
+/// `recurrence_rows` over all np rows: blocks of 4 vectors, then single vectors. (With 16
+/// registers the row vectors of u and e become memory operands; 2-vector blocks, which fit,
+/// measured no faster on AVX2, ad hoc.)
+template <bool Decay, class Batch, class S>
+void recurrence_token(S* X, index_t np, const S* w, const S* b, const S* k, const S* q, const S* a, S* u,
+                      const S* e, S* o) {
+  constexpr index_t L = static_cast<index_t>(Batch::size), R = 4;
+  index_t i = 0;
+  for (; i + R * L <= np; i += R * L) recurrence_rows<R, Decay, Batch>(X, np, i, w, b, k, q, a, u, e, o);
+  for (; i < np; i += L) recurrence_rows<1, Decay, Batch>(X, np, i, w, b, k, q, a, u, e, o);
+}
+
+/// X ← X diag(p) when p is given (back from the deferred form), then u = X a when a is given.
+template <class Batch, class S>
+void scale_columns(S* X, index_t np, const S* p, const S* a, S* u) {
+  constexpr index_t L = static_cast<index_t>(Batch::size), R = 4;  // R sums in flight hide the FMA latency
+  for (index_t i0 = 0; i0 < np; i0 += R * L) {
+    const index_t vectors = std::min(R, (np - i0) / L);
+    Batch acc[R];
+    for (index_t r = 0; r < R; ++r) acc[r] = Batch(S(0));
+    S* col = X + i0;
+    for (index_t j = 0; j < np; ++j, col += np)
+      for (index_t r = 0; r < vectors; ++r) {
+        Batch x = Batch::load_aligned(col + r * L);
+        if (p) {
+          x *= Batch(p[j]);
+          x.store_aligned(col + r * L);
+        }
+        if (a) acc[r] = xsimd::fma(x, Batch(a[j]), acc[r]);
+      }
+    if (a)
+      for (index_t r = 0; r < vectors; ++r) acc[r].store_aligned(u + i0 + r * L);
+  }
+}
+
+/// The checks `encode_recorded` and `evolve_recorded` share: shapes, data, and a record
+/// filled by a call of this shape and decay input.
 template <class T, class S>
-void encode_recorded(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, sequence_view<const T> x,
-                     sequence_view<T> e, int n, workspace<T>& ws, const wkv7::options& opt = {}) {
-  static_assert(std::is_same_v<S, accum_t<T>>, "THE_STATE_MUST_HAVE_THE_ACCUMULATE_TYPE_OF_THE_STORAGE_TYPE");
-  const char* context = "meta_state::encode_recorded";
+void check_recorded(const char* context, const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved,
+                    sequence_view<const T> x, int n, const wkv7::options& opt) {
   const auto& shape = wkv.r.shape();
-  const index_t B = shape[0], T_ = shape[1], H = shape[2], N = shape[3], every = saved.every();
   expect_extents(context, "r", shape);
-  detail::check_sse_dim(context, n, N);
-  auto expect_data = [context](const char* name, const auto& view) {
-    if (view.size() > 0 && view.data() == nullptr)
-      throw shape_error(std::string(context) + ": tensor '" + name + "' has no data");
-  };
+  check_sse_dim(context, n, shape[3]);
   const std::pair<const char*, sequence_view<const T>> named[] = {
       {"r", wkv.r}, {"w", wkv.w}, {"k", wkv.k}, {"v", wkv.v}, {"a", wkv.a}, {"b", wkv.b}, {"x", x}};
   for (const auto& [name, view] : named) {
     expect_shape(context, name, view.shape(), shape);
-    expect_data(name, view);
+    expect_data(context, name, view);
   }
-  expect_shape(context, "e", e.shape(), std::array<index_t, 4>{B, T_, H, n});
-  expect_data("e", e);
   auto described = [](const std::array<index_t, 4>& s, wkv7::decay_input decay) {
     return shape_string(s) + (decay == wkv7::decay_input::w ? " with decays w" : " with log-decays");
   };
@@ -246,34 +301,48 @@ void encode_recorded(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, s
   if (saved.shape() != shape || saved.decay() != opt.decay)
     throw shape_error(std::string(context) + ": the record was filled by a call of shape " +
                       described(saved.shape(), saved.decay()) + ", this call is " + described(shape, opt.decay));
-  if (every <= 0)
-    throw shape_error(std::string(context) + ": the record needs every >= 1, got every = " + std::to_string(every));
-  if (every > max_every)
-    throw shape_error(std::string(context) + ": a record every " + std::to_string(every) +
+  if (saved.every() <= 0)
+    throw shape_error(std::string(context) + ": the record needs every >= 1, got every = " +
+                      std::to_string(saved.every()));
+  if (saved.every() > max_every)
+    throw shape_error(std::string(context) + ": a record every " + std::to_string(saved.every()) +
                       " tokens; the encoder takes at most " + std::to_string(max_every));
-  expect_disjoint(context, std::array{bytes_of("e", e)},
-                  std::array{bytes_of("r", wkv.r), bytes_of("w", wkv.w), bytes_of("k", wkv.k), bytes_of("v", wkv.v),
-                             bytes_of("a", wkv.a), bytes_of("b", wkv.b), bytes_of("x", x)});
+}
+
+/// The work of `encode_recorded` (Fused false: e written to `e`) and of `evolve_recorded`
+/// (Fused true: each block's e kept in scratch and run through the Meta-State recurrence on
+/// M, whose readout goes to `o`). Arguments are checked by the callers.
+template <bool Fused, class T, class S>
+void recorded_pass(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, sequence_view<const T> x,
+                   sequence_view<T> e, state_view<S> m, sequence_view<T> o, int n, workspace<T>& ws,
+                   const wkv7::options& opt) {
+  const auto& shape = wkv.r.shape();
+  const index_t B = shape[0], T_ = shape[1], H = shape[2], N = shape[3], every = saved.every();
   using batch = xsimd::batch<S, backend::default_simd_arch>;
   constexpr index_t L = static_cast<index_t>(batch::size);
   // Units are (batch, head, block) in that order. With at least as many (batch, head) items
   // as threads, each thread takes the items `wkv7::sequence` gives it (same formula) with all
   // their blocks, so it reads the records its own WKV-7 pass wrote, from its own caches
   // (split by blocks, the two cores traded every recorded line and the record cost 0.5 of the
-  // WKV-7 op on two threads instead of 0.2; ad hoc, H = 12). Fewer items split the blocks.
+  // WKV-7 op on two threads instead of 0.2; ad hoc, H = 12). Fewer items split the blocks
+  // (the encoder alone: the fused pass runs a head's blocks in order, so its caller gives it
+  // at least as many items as threads).
   const index_t blocks = (T_ + every - 1) / every, units = B * H * blocks;
   if (units == 0) return;
   int threads = resolve_threads(opt.exec);
   if (double(units) * every * n * n < wkv7::detail::parallel_min_updates) threads = 1;
-  threads = static_cast<int>(std::min<index_t>(threads, units));
+  threads = static_cast<int>(std::min<index_t>(threads, Fused ? B * H : units));
   // Channels padded with zeros to whole vectors (decays with ones), and a block's (u, v) pairs
   // to whole vectors (2·ep). Rows of the product: S_cᵀ for the padded channels (a zero row
   // past n), then u_τ, v_τ interleaved (zero rows past the block's tokens); a token's row of
   // z is [x̂_t, β_t0, κ_t0, β_t1, κ_t1, ...] to match.
   const index_t np = (n + L - 1) / L * L, ep = (every + L - 1) / L * L, inner = np + 2 * ep;
   // Per thread: w, b, k, x̃, v of a block (padded), b/P and k/P (interleaved token-major rows,
-  // then transposed), P, z, e (rows of np), a zero row; every piece whole vectors.
-  const index_t scratch = 5 * every * np + 2 * ep * np + np * 2 * ep + np + every * inner + every * np + np;
+  // then transposed), P, z, e (rows of np), a zero row; every piece whole vectors. Fused:
+  // also a and the block's ã_t = P_{t-1} ∘ a_t, 1/P_t and e_t/P_t (rows of np), the next
+  // block's a, M's working copy (transposed) with its u and a readout row.
+  const index_t encoder_scratch = 5 * every * np + 2 * ep * np + np * 2 * ep + np + every * inner + every * np + np,
+                scratch = encoder_scratch + (Fused ? 4 * every * np + np + np * np + 2 * np : 0);
   // Reused as it is: every piece is written before it is read (the zero row at each block).
   ws.encoder.resize(static_cast<std::size_t>(threads * scratch));
   ws.encoder_rows.resize(static_cast<std::size_t>(threads * inner));
@@ -306,85 +375,117 @@ void encode_recorded(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, s
     // Sizes as locals: the vector stores (may-alias types) would otherwise force reloads of
     // captured references inside the inner loops.
     const index_t nn = n, npad = np, epad = ep, b = unit / blocks / H, h = unit / blocks % H, block = unit % blocks,
-                  c = block * every, m = std::min(every, T_ - c);
+                  c = block * every, m_ = std::min(every, T_ - c);
     S *w = buffer, *bk = w + every * npad, *kk = bk + every * npad, *xq = kk + every * npad, *v = xq + every * npad,
       *bk_rows = v + every * npad, *bkt = bk_rows + 2 * epad * npad, *P = bkt + npad * 2 * epad,
       *z = P + npad, *out = z + every * inner, *zero_row = out + every * npad;
+    // Fused only: a, ã, 1/P, e/P (rows), the next block's a, then M's pieces (per thread).
+    S *aa = zero_row + npad, *a_tilde = aa + every * npad, *inverse_rows = a_tilde + every * npad,
+      *e_over_p = inverse_rows + every * npad, *a_following = e_over_p + every * npad, *X = a_following + npad,
+      *u = X + npad * npad, *o_row = u + npad;
     std::fill_n(zero_row, npad, S(0));
     auto row = [npad](S* base, index_t tau) { return base + tau * npad; };
-    {
-      const S *wr[max_every], *br[max_every], *kr[max_every], *xr[max_every], *vr[max_every];
-      as_accum(wkv.w, b, c, h, m, wr, w, log_decay, S(1));
-      as_accum(wkv.b, b, c, h, m, br, bk, false, S(0));
-      as_accum(wkv.k, b, c, h, m, kr, kk, false, S(0));
-      as_accum(x, b, c, h, m, xr, xq, false, S(0));
-      as_accum(wkv.v, b, c, h, m, vr, v, false, S(0));
-      // P_t, x̂_t, b/P and k/P; the smallest P decides the path. Tokens outer: with channels
-      // outer (P in a register) the inputs' rows were read piecewise, 1.25x slower at H = 12.
-      batch smallest(S(1));
-      for (index_t j = 0; j < npad; j += L) batch(S(1)).store_unaligned(P + j);
-      for (index_t tau = 0; tau < m; ++tau) {
-        S* zt = z + tau * inner;
-        for (index_t j = 0; j < npad; j += L) {
-          const batch p = batch::load_unaligned(P + j) * batch::load_unaligned(wr[tau] + j);
-          p.store_unaligned(P + j);
-          (p * batch::load_unaligned(xr[tau] + j)).store_unaligned(zt + j);
-          smallest = xsimd::min(smallest, p);
-          const batch inverse = batch(S(1)) / p;
-          (batch::load_unaligned(br[tau] + j) * inverse).store_unaligned(row(bk_rows, 2 * tau) + j);
-          (batch::load_unaligned(kr[tau] + j) * inverse).store_unaligned(row(bk_rows, 2 * tau + 1) + j);
-        }
+    const S *wr[max_every], *br[max_every], *kr[max_every], *xr[max_every], *vr[max_every], *ar[max_every];
+    as_accum(wkv.w, b, c, h, m_, wr, w, log_decay, S(1));
+    as_accum(wkv.b, b, c, h, m_, br, bk, false, S(0));
+    as_accum(wkv.k, b, c, h, m_, kr, kk, false, S(0));
+    as_accum(x, b, c, h, m_, xr, xq, false, S(0));
+    as_accum(wkv.v, b, c, h, m_, vr, v, false, S(0));
+    if constexpr (Fused) as_accum(wkv.a, b, c, h, m_, ar, aa, false, S(0));
+    // P_t, x̂_t, b/P and k/P; the smallest P decides the path. Tokens outer: with channels
+    // outer (P in a register) the inputs' rows were read piecewise, 1.25x slower at H = 12.
+    batch smallest(S(1));
+    for (index_t j = 0; j < npad; j += L) batch(S(1)).store_unaligned(P + j);
+    for (index_t tau = 0; tau < m_; ++tau) {
+      S* zt = z + tau * inner;
+      for (index_t j = 0; j < npad; j += L) {
+        const batch before = batch::load_unaligned(P + j), p = before * batch::load_unaligned(wr[tau] + j);
+        if constexpr (Fused) (before * batch::load_unaligned(ar[tau] + j)).store_unaligned(row(a_tilde, tau) + j);
+        p.store_unaligned(P + j);
+        (p * batch::load_unaligned(xr[tau] + j)).store_unaligned(zt + j);
+        smallest = xsimd::min(smallest, p);
+        const batch inverse = batch(S(1)) / p;
+        if constexpr (Fused) inverse.store_unaligned(row(inverse_rows, tau) + j);
+        (batch::load_unaligned(br[tau] + j) * inverse).store_unaligned(row(bk_rows, 2 * tau) + j);
+        (batch::load_unaligned(kr[tau] + j) * inverse).store_unaligned(row(bk_rows, 2 * tau + 1) + j);
       }
-      alignas(64) S lanes[L];
-      smallest.store_aligned(lanes);
-      const bool divided = *std::min_element(lanes, lanes + L) >= tiny;
-      if (divided) {
-        // β_tτ = (b_τ / P_τ) · x̂_t and κ_tτ for every pair τ ≤ t at once (the diagonal too,
-        // where P cancels): one product of the block's x̂ by the interleaved rows b_τ/P_τ,
-        // k_τ/P_τ transposed (channels as rows), written into z after x̂.
-        std::fill(row(bk_rows, 2 * m), row(bk_rows, 2 * epad), S(0));  // padding
-        wkv7::detail::transpose(bk_rows, npad, 2 * epad, npad, bkt, 2 * epad);
-        for (index_t j = 0; j < npad; ++j) rows[j] = bkt + j * 2 * epad;
-        detail::encoder_product<batch>(m, rows, npad, 0, z, inner, 2 * epad, 2, z + npad, inner);
-      }
-      for (index_t t = 0; t < m; ++t) {
-        S* zt = z + t * inner;
-        S* pairs = zt + npad;  // β_tτ at 2τ, κ_tτ at 2τ + 1
-        auto beta = [pairs](index_t tau) -> S& { return pairs[2 * tau]; };
-        auto kappa = [pairs](index_t tau) -> S& { return pairs[2 * tau + 1]; };
-        if (!divided) {
-          // Carry x̃_t back through the decays: q ← w_τ ∘ q after reading b_τ · q, k_τ · q.
-          S* q = zt;  // ends as x̂_t
-          std::copy_n(xr[t], npad, q);
-          for (index_t tau = t; tau >= 0; --tau) {
-            batch sb(S(0)), sk(S(0));
-            for (index_t j = 0; j < npad; j += L) {
-              const batch qj = batch::load_unaligned(q + j);
-              sb = xsimd::fma(batch::load_unaligned(br[tau] + j), qj, sb);
-              sk = xsimd::fma(batch::load_unaligned(kr[tau] + j), qj, sk);
-              (qj * batch::load_unaligned(wr[tau] + j)).store_unaligned(q + j);
-            }
-            beta(tau) = xsimd::hadd(sb);
-            kappa(tau) = xsimd::hadd(sk);
+    }
+    alignas(64) S lanes[L];
+    smallest.store_aligned(lanes);
+    const bool divided = *std::min_element(lanes, lanes + L) >= tiny;
+    if (divided) {
+      // β_tτ = (b_τ / P_τ) · x̂_t and κ_tτ for every pair τ ≤ t at once (the diagonal too,
+      // where P cancels): one product of the block's x̂ by the interleaved rows b_τ/P_τ,
+      // k_τ/P_τ transposed (channels as rows), written into z after x̂.
+      std::fill(row(bk_rows, 2 * m_), row(bk_rows, 2 * epad), S(0));  // padding
+      wkv7::detail::transpose(bk_rows, npad, 2 * epad, npad, bkt, 2 * epad);
+      for (index_t j = 0; j < npad; ++j) rows[j] = bkt + j * 2 * epad;
+      detail::encoder_product<batch>(m_, rows, npad, 0, z, inner, 2 * epad, 2, z + npad, inner);
+    }
+    for (index_t t = 0; t < m_; ++t) {
+      S* zt = z + t * inner;
+      S* pairs = zt + npad;  // β_tτ at 2τ, κ_tτ at 2τ + 1
+      auto beta = [pairs](index_t tau) -> S& { return pairs[2 * tau]; };
+      auto kappa = [pairs](index_t tau) -> S& { return pairs[2 * tau + 1]; };
+      if (!divided) {
+        // Carry x̃_t back through the decays: q ← w_τ ∘ q after reading b_τ · q, k_τ · q.
+        S* q = zt;  // ends as x̂_t
+        std::copy_n(xr[t], npad, q);
+        for (index_t tau = t; tau >= 0; --tau) {
+          batch sb(S(0)), sk(S(0));
+          for (index_t j = 0; j < npad; j += L) {
+            const batch qj = batch::load_unaligned(q + j);
+            sb = xsimd::fma(batch::load_unaligned(br[tau] + j), qj, sb);
+            sk = xsimd::fma(batch::load_unaligned(kr[tau] + j), qj, sk);
+            (qj * batch::load_unaligned(wr[tau] + j)).store_unaligned(q + j);
           }
+          beta(tau) = xsimd::hadd(sb);
+          kappa(tau) = xsimd::hadd(sk);
         }
-        std::fill(pairs + 2 * (t + 1), pairs + 2 * epad, S(0));  // causal: later tokens do not count
       }
-      const S* s_c = saved.states() + ((block * B + b) * H + h) * N * N;
-      for (index_t j = 0; j < nn; ++j) rows[j] = s_c + j * N;
-      for (index_t j = nn; j < npad; ++j) rows[j] = zero_row;
-      for (index_t tau = 0; tau < epad; ++tau) {
-        rows[npad + 2 * tau] = tau < m ? saved.removal() + ((b * T_ + c + tau) * H + h) * N : zero_row;
-        rows[npad + 2 * tau + 1] = tau < m ? vr[tau] : zero_row;
-      }
-      if constexpr (std::is_same_v<T, S>) {  // straight into e
-        detail::encoder_product<batch>(m, rows, npad, 2, z, inner, nn, 0, e.at(b, c, h), H * nn);
-      } else {
-        detail::encoder_product<batch>(m, rows, npad, 2, z, inner, nn, 0, out, npad);
-        for (index_t t = 0; t < m; ++t) {
-          T* et = e.at(b, c + t, h);
-          for (index_t i = 0; i < nn; ++i) et[i] = static_cast<T>(out[t * npad + i]);
+      std::fill(pairs + 2 * (t + 1), pairs + 2 * epad, S(0));  // causal: later tokens do not count
+    }
+    const S* s_c = saved.states() + ((block * B + b) * H + h) * N * N;
+    for (index_t j = 0; j < nn; ++j) rows[j] = s_c + j * N;
+    for (index_t j = nn; j < npad; ++j) rows[j] = zero_row;
+    for (index_t tau = 0; tau < epad; ++tau) {
+      rows[npad + 2 * tau] = tau < m_ ? saved.removal() + ((b * T_ + c + tau) * H + h) * N : zero_row;
+      rows[npad + 2 * tau + 1] = tau < m_ ? vr[tau] : zero_row;
+    }
+    if constexpr (Fused) {
+      // e of the block into scratch (channels past n zero), then the Meta-State recurrence
+      // over its tokens. Divided: in the deferred form X = M diag(1/P_t), whose update needs no
+      // decay (X += u (b_t/P_t)ᵀ + e_t (e_t/P_t)ᵀ, o_t = X x̂_t, u_{t+1} = X ã_{t+1}), with the
+      // block's P, b/P, x̂ shared with the encoder; X goes back to M at the block's end.
+      detail::encoder_product<batch>(m_, rows, npad, 2, z, inner, nn, 0, out, npad);
+      const index_t next = c + m_ < T_ ? c + m_ : -1;  // the next block's first token, if any
+      const S* a_next = nullptr;
+      if (next >= 0) as_accum(wkv.a, b, next, h, 1, &a_next, a_following, false, S(0));
+      for (index_t t = 0; t < m_; ++t) {
+        S* et = row(out, t);
+        std::fill(et + nn, et + npad, S(0));
+        const bool last = t + 1 == m_;
+        if (divided) {
+          S* ept = row(e_over_p, t);
+          for (index_t j = 0; j < npad; j += L)
+            (batch::load_unaligned(et + j) * batch::load_unaligned(row(inverse_rows, t) + j)).store_unaligned(ept + j);
+          recurrence_token<false, batch>(X, npad, static_cast<const S*>(nullptr), row(bk_rows, 2 * t), ept, z + t * inner,
+                                         last ? z + t * inner : row(a_tilde, t + 1), u, et, o_row);
+        } else {
+          recurrence_token<true, batch>(X, npad, wr[t], br[t], et, xr[t], last ? (a_next ? a_next : xr[t]) : ar[t + 1],
+                                        u, et, o_row);
         }
+        T* ot = o.at(b, c + t, h);
+        for (index_t i = 0; i < nn; ++i) ot[i] = static_cast<T>(o_row[i]);
+      }
+      if (divided) scale_columns<batch>(X, npad, P, a_next, u);
+    } else if constexpr (std::is_same_v<T, S>) {  // straight into e
+      detail::encoder_product<batch>(m_, rows, npad, 2, z, inner, nn, 0, e.at(b, c, h), H * nn);
+    } else {
+      detail::encoder_product<batch>(m_, rows, npad, 2, z, inner, nn, 0, out, npad);
+      for (index_t t = 0; t < m_; ++t) {
+        T* et = e.at(b, c + t, h);
+        for (index_t i = 0; i < nn; ++i) et[i] = static_cast<T>(out[t * npad + i]);
       }
     }
   };
@@ -394,9 +495,61 @@ void encode_recorded(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, s
     const S** rows = ws.encoder_rows.data() + tid * inner;
     const index_t first = items >= threads ? items * tid / threads * blocks : units * tid / threads,
                   last = items >= threads ? items * (tid + 1) / threads * blocks : units * (tid + 1) / threads;
-    for (index_t u = first; u < last; ++u) run_unit(u, buffer, rows);
+    for (index_t unit = first; unit < last; ++unit) {
+      if constexpr (Fused) {
+        S* X = buffer + encoder_scratch + 4 * every * np + np;
+        S* u = X + np * np;
+        if (unit % blocks == 0) {  // a new head: M into its working copy, u_0 = M_0 a_0
+          const index_t b = unit / blocks / H, h = unit / blocks % H;
+          std::fill_n(X, np * np, S(0));
+          wkv7::detail::transpose(m.at(b, h), n, n, n, X, np);
+          const S* a0 = nullptr;
+          as_accum(wkv.a, b, 0, h, 1, &a0, u + np, false, S(0));  // (the readout row as the copy)
+          scale_columns<batch>(X, np, static_cast<const S*>(nullptr), a0, u);
+        }
+        run_unit(unit, buffer, rows);
+        if (unit % blocks == blocks - 1) {  // the head's last block: M back
+          const index_t b = unit / blocks / H, h = unit / blocks % H;
+          wkv7::detail::transpose(X, np, n, n, m.at(b, h), n);
+        }
+      } else {
+        run_unit(unit, buffer, rows);
+      }
+    }
   };
   run_threads(threads, run_thread);
+}
+
+}  // namespace detail
+
+/// Encoder over a sequence from what `wkv7::sequence` recorded for the same inputs
+/// (`saved`: the state at the start of every block of `saved.every` tokens, transposed, and
+/// u_t of every token): e [B,T,H,n] = S_t[:n,:n] x̃_t[:n] without replaying the recurrence.
+/// In a block from the state S_c before its first token c,
+///   S_t = S_c D_{c..t} + Σ_{c≤τ≤t} (u_τ b_τᵀ + v_τ k_τᵀ) D_{τ+1..t},  D_{i..j} = diag(w_i ∘ ⋯ ∘ w_j),
+/// so, over channels < n, with P_t = w_c ∘ ⋯ ∘ w_t,
+///   e_t = S_c x̂_t + Σ_{τ≤t} (β_tτ u_τ + κ_tτ v_τ),   x̂_t = P_t ∘ x̃_t,
+///   β_tτ = (b_τ / P_τ) · x̂_t,  κ_tτ = (k_τ / P_τ) · x̂_t  (τ ≤ t),
+/// the β, κ of a block as one product of its x̂ by the (transposed) b/P, k/P, then one product
+/// of its [x̂ β κ] (every x (n + 2·every)) by the rows [S_cᵀ; u; v]: about n² + 3n·every
+/// multiply-adds per token (less the part of the every-terms that causality skips) instead of
+/// a second pass over the N² state.
+/// A block whose decays multiply to below 2⁻¹⁰⁰ (far below RWKV-7's w > 0.545 over a
+/// block) is not divided by them: its β, κ come from carrying each query back through
+/// the decays, exactly.
+template <class T, class S>
+void encode_recorded(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, sequence_view<const T> x,
+                     sequence_view<T> e, int n, workspace<T>& ws, const wkv7::options& opt = {}) {
+  static_assert(std::is_same_v<S, accum_t<T>>, "THE_STATE_MUST_HAVE_THE_ACCUMULATE_TYPE_OF_THE_STORAGE_TYPE");
+  const char* context = "meta_state::encode_recorded";
+  detail::check_recorded(context, wkv, saved, x, n, opt);
+  const auto& shape = wkv.r.shape();
+  expect_shape(context, "e", e.shape(), std::array<index_t, 4>{shape[0], shape[1], shape[2], n});
+  detail::expect_data(context, "e", e);
+  expect_disjoint(context, std::array{bytes_of("e", e)},
+                  std::array{bytes_of("r", wkv.r), bytes_of("w", wkv.w), bytes_of("k", wkv.k), bytes_of("v", wkv.v),
+                             bytes_of("a", wkv.a), bytes_of("b", wkv.b), bytes_of("x", x)});
+  detail::recorded_pass<false>(wkv, saved, x, e, state_view<S>(), sequence_view<T>(), n, ws, opt);
 }
 
 /// Evolution and readout over T tokens: M [B,H,n,n] holds M_0 on entry and M_T on return;
@@ -428,6 +581,43 @@ void evolve(sequence_view<const T> w, sequence_view<const T> a, sequence_view<co
                xn = detail::leading(x, n, ws.x);
     wkv7::sequence<Nn, Backend>(wkv7::inputs<T>{xn, wn, e, e, an, bn}, m, o, opt);
   }
+}
+
+/// The Meta-State layer's recurrent work over a sequence from what `wkv7::sequence`
+/// recorded for the same inputs: the same results as `encode_recorded` then `evolve` (M
+/// [B,H,n,n] holds M_0 on entry and M_T on return; o [B,T,H,n] receives M_t x̃_t[:n]), with
+/// the transition work shared: block by block, the encoder's cumulative decays P_t, b_t/P_t
+/// and x̂_t = P_t ∘ x̃_t also drive M in the deferred form X = M diag(1/P_t), whose update
+/// X += u_t (b_t/P_t)ᵀ + e_t (e_t/P_t)ᵀ needs 4 vector operations per element instead of the
+/// WKV-7 op's 5 (o_t = X x̂_t, u_{t+1} = X (P_t ∘ a_{t+1})). Blocks whose decays multiply
+/// below 2⁻¹⁰⁰ run the plain recurrence. A head's blocks run in order on one thread; with
+/// fewer (batch, head) items than threads it runs `encode_recorded` (which splits the
+/// blocks) then `evolve` (which splits M's rows) instead.
+template <class T, class S>
+void evolve_recorded(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, sequence_view<const T> x,
+                     state_view<S> m, sequence_view<T> o, int n, workspace<T>& ws, const wkv7::options& opt = {}) {
+  static_assert(std::is_same_v<S, accum_t<T>>, "THE_STATE_MUST_HAVE_THE_ACCUMULATE_TYPE_OF_THE_STORAGE_TYPE");
+  const char* context = "meta_state::evolve_recorded";
+  detail::check_recorded(context, wkv, saved, x, n, opt);
+  const auto& shape = wkv.r.shape();
+  const index_t B = shape[0], T_ = shape[1], H = shape[2];
+  expect_shape(context, "m", m.shape(), std::array<index_t, 4>{B, H, n, n});
+  detail::expect_data(context, "m", m);
+  expect_shape(context, "o", o.shape(), std::array<index_t, 4>{B, T_, H, n});
+  detail::expect_data(context, "o", o);
+  expect_disjoint(context, std::array{bytes_of("o", o), bytes_of("m", m)},
+                  std::array{bytes_of("r", wkv.r), bytes_of("w", wkv.w), bytes_of("k", wkv.k), bytes_of("v", wkv.v),
+                             bytes_of("a", wkv.a), bytes_of("b", wkv.b), bytes_of("x", x)});
+  int threads = resolve_threads(opt.exec);
+  if (double(B) * H * T_ * n * n < wkv7::detail::parallel_min_updates) threads = 1;
+  if (B * H >= threads) {
+    detail::recorded_pass<true>(wkv, saved, x, sequence_view<T>(), m, o, n, ws, opt);
+    return;
+  }
+  ws.encoded.resize(static_cast<std::size_t>(B * T_ * H * n));
+  const sequence_view<T> e(ws.encoded.data(), B, T_, H, n);
+  encode_recorded(wkv, saved, x, e, n, ws, opt);
+  evolve(wkv.w, wkv.a, wkv.b, sequence_view<const T>(e), x, m, o, ws, opt);
 }
 
 }  // namespace metastate::meta_state

@@ -184,24 +184,25 @@ inline void meta_state_layer(const rwkv7_config& c, const layer_weights& lw, int
     ws.mix = ws.xn;
   }
   auto view = [&](const matrix& m, int size) { return sequence_view<const float>(m.data(), batch, tokens, H, size); };
-  ws.encoded.resize(M, H * n);
   ws.readout.resize(M, H * n);
-  const sequence_view<float> e(ws.encoded.data(), batch, tokens, H, n), o(ws.readout.data(), batch, tokens, H, n);
+  const sequence_view<float> o(ws.readout.data(), batch, tokens, H, n);
+  const state_view<float> m(s.ms[layer].data(), batch, H, n);
   wkv7::options opt;
   opt.exec = exec;
   if (tokens == 1) {  // S_t is the state TimeMix just left
+    ws.encoded.resize(M, H * n);
+    const sequence_view<float> e(ws.encoded.data(), batch, tokens, H, n);
     meta_state::encode(state_view<const float>(s.att_kv[layer].data(), batch, H, N), view(ws.mix, N), e, n);
-  } else {
+    const sequence_view<const float> encoded = e;
+    if (n == 64)
+      meta_state::evolve<64>(view(ws.w, N), view(ws.a, N), view(ws.b, N), encoded, view(ws.mix, N), m, o, ws.ms, opt);
+    else
+      meta_state::evolve(view(ws.w, N), view(ws.a, N), view(ws.b, N), encoded, view(ws.mix, N), m, o, ws.ms, opt);
+  } else {  // the encoder from what TimeMix recorded, and the evolution sharing its transition work
     const wkv7::inputs<float> wkv{view(ws.r, N), view(ws.w, N), view(ws.k, N), view(ws.v, N), view(ws.a, N),
                                   view(ws.b, N)};
-    meta_state::encode_recorded(wkv, ws.kv_record, view(ws.mix, N), e, n, ws.ms, opt);
+    meta_state::evolve_recorded(wkv, ws.kv_record, view(ws.mix, N), m, o, n, ws.ms, opt);
   }
-  const state_view<float> m(s.ms[layer].data(), batch, H, n);
-  const sequence_view<const float> encoded = e;
-  if (n == 64)
-    meta_state::evolve<64>(view(ws.w, N), view(ws.a, N), view(ws.b, N), encoded, view(ws.mix, N), m, o, ws.ms, opt);
-  else
-    meta_state::evolve(view(ws.w, N), view(ws.a, N), view(ws.b, N), encoded, view(ws.mix, N), m, o, ws.ms, opt);
   ws.x.noalias() += ws.readout * lw.ms.output.transpose();
 }
 
