@@ -229,10 +229,15 @@ A* thread_arena(std::size_t count) {
   return arena.data();
 }
 
-/// Tokens a thread runs on one unit before moving to its next unit, when the call's inputs
-/// are at most `blocked_max_input_bytes` (docs/PERFORMANCE.md).
+/// Tokens a thread runs on one unit before moving to its next unit, when its share of the
+/// call's inputs is at most `blocked_max_input_bytes` (docs/PERFORMANCE.md). The bound
+/// depends on the vector width: with 16 lanes (Zen 5) sweeping every state from L2 at each
+/// token is what limits (12 heads' 128-token chunks ran at 0.69-0.73 of the peak in blocks,
+/// about 0.62 in token order); with 8 lanes (Zen 4, AVX2) a token takes twice as long, L2
+/// keeps up, and 32 heads' chunks (6 MiB) ran 1.22x faster in token order (ad hoc, in one
+/// process; up to about 3 MiB per thread the two orders came within 3 %).
 inline constexpr index_t token_block = 16;
-inline constexpr double blocked_max_input_bytes = 8 << 20;
+inline constexpr double blocked_max_input_bytes = xsimd::batch<float>::size >= 16 ? 8 << 20 : 4 << 20;
 
 /// Below this many state-element updates (about 30 us of work) a call runs on one thread:
 /// forking and joining a team costs several microseconds (measured: a 12-head step took
@@ -292,7 +297,7 @@ void run_units(const problem<T, A>& p, const exec_policy& policy, int granularit
       // block instead of being swept from L2 at every token. Inputs larger than the caches
       // are read token by token instead (block = 1): whole rows in order, which the hardware
       // prefetchers follow; one head's slices of a block's rows, they do not.
-      const index_t block = input_bytes <= blocked_max_input_bytes ? token_block : 1;
+      const index_t block = input_bytes / threads <= blocked_max_input_bytes ? token_block : 1;
       for (index_t t0 = 0; t0 < p.tokens; t0 += block)
         for (index_t u = first; u < last; ++u)
           for (index_t t = t0; t < std::min(t0 + block, p.tokens); ++t)
