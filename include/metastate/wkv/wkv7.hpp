@@ -43,7 +43,8 @@ struct record_access;
 }
 
 /// What a `sequence` call leaves behind for the Meta-State encoder
-/// (`meta_state::encode_recorded`), which then never replays the recurrence:
+/// (`meta_state::encode_recorded`, `meta_state::evolve_recorded`), which then never replays
+/// the recurrence:
 /// - `states()`: the state before tokens 0, every, 2·every, … (at the start of each block of
 ///   `every` tokens), `recorded_states(T, every)` = ⌈T / every⌉ blocks [B,H,N,N] one after
 ///   another, each N x N state TRANSPOSED (S(i, j) at j·N + i: the layout the sequence
