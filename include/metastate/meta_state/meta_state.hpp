@@ -592,7 +592,8 @@ void evolve(sequence_view<const T> w, sequence_view<const T> a, sequence_view<co
 /// WKV-7 op's 5 (o_t = X x̂_t, u_{t+1} = X (P_t ∘ a_{t+1})). Blocks whose decays multiply
 /// below 2⁻¹⁰⁰ run the plain recurrence. A head's blocks run in order on one thread; with
 /// fewer (batch, head) items than threads it runs `encode_recorded` (which splits the
-/// blocks) then `evolve` (which splits M's rows) instead.
+/// blocks) then `evolve` (which splits M's rows) instead, whose results equal the one-pass
+/// results only within rounding (every other op's are bit-identical for any thread count).
 template <class T, class S>
 void evolve_recorded(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, sequence_view<const T> x,
                      state_view<S> m, sequence_view<T> o, int n, workspace<T>& ws, const wkv7::options& opt = {}) {
