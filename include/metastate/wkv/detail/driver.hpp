@@ -204,6 +204,12 @@ class token_loader {
 struct unit {
   index_t b, h;
   int row0, row1;
+  /// Set where the unit's thread streams its inputs from memory in pieces of each row (a
+  /// share of a batch row's heads, token after token): kernels that can then prefetch the
+  /// coming tokens' inputs themselves. The hardware prefetchers follow runs of contiguous
+  /// lines; pieces of rows with gaps between them, which two threads splitting 12 heads read,
+  /// defeat them (docs/PERFORMANCE.md).
+  bool prefetch_inputs = false;
 };
 
 /// The scratch a unit needs for the length of a call (`Unit::scratch_size`), or none.
@@ -261,13 +267,25 @@ void run_units(const problem<T, A>& p, const exec_policy& policy, int granularit
   const index_t units = items * parts;
   if (threads > units) threads = static_cast<int>(units);
 
+  const double input_bytes = 6.0 * sizeof(T) * p.in.r.size();
+  // Blocks of tokens, units inside, tokens innermost: a unit's state stays in L1 for a
+  // block instead of being swept from L2 at every token. Inputs larger than the caches
+  // are read token by token instead (block = 1): whole rows in order, which the hardware
+  // prefetchers follow; one head's slices of a block's rows, they do not.
+  const index_t block = input_bytes / threads <= blocked_max_input_bytes ? token_block : 1;
   auto unit_at = [&](index_t u) {
     const index_t item = u / parts;
     const int part = static_cast<int>(u % parts);
     return unit{item / p.heads, item % p.heads, part * rows_per_part, std::min(p.n, (part + 1) * rows_per_part)};
   };
+  // Whether thread `tid`'s units read pieces of each batch row's inputs from memory: inputs
+  // beyond the caches (token order), whole heads (units splitting rows read whole input
+  // rows), and a range of heads that does not cover whole batch rows.
+  auto reads_row_pieces = [&](int tid) {
+    const index_t first = units * tid / threads, last = units * (tid + 1) / threads;
+    return threads > 1 && parts == 1 && block == 1 && (first % p.heads != 0 || last % p.heads != 0);
+  };
   const index_t state_size = static_cast<index_t>(p.n) * p.n;
-  const double input_bytes = 6.0 * sizeof(T) * p.in.r.size();
   auto token = [&](Unit& k, index_t u, index_t t) {
     if (p.every > 0 && t % p.every == 0)
       k.store(p.saved_states + (t / p.every) * items * state_size + (u / parts) * state_size);
@@ -275,9 +293,11 @@ void run_units(const problem<T, A>& p, const exec_policy& policy, int granularit
   };
   auto run_thread = [&](int tid) {
     const index_t first = units * tid / threads, last = units * (tid + 1) / threads;
+    const bool pieces = reads_row_pieces(tid);
     if (last - first == 1 || p.tokens == 1) {
       for (index_t u = first; u < last; ++u) {
-        const unit at = unit_at(u);
+        unit at = unit_at(u);
+        at.prefetch_inputs = pieces;
         Unit k(p, at, thread_arena<A>(unit_scratch_size<Unit>(p, at, 0)));
         for (index_t t = 0; t < p.tokens; ++t) token(k, u, t);
         k.finish();
@@ -289,15 +309,11 @@ void run_units(const problem<T, A>& p, const exec_policy& policy, int granularit
       std::vector<Unit> mine;
       mine.reserve(static_cast<std::size_t>(last - first));
       for (index_t u = first; u < last; ++u) {
-        const unit at = unit_at(u);
+        unit at = unit_at(u);
+        at.prefetch_inputs = pieces;
         mine.emplace_back(p, at, scratch);
         scratch += unit_scratch_size<Unit>(p, at, 0);
       }
-      // Blocks of tokens, units inside, tokens innermost: a unit's state stays in L1 for a
-      // block instead of being swept from L2 at every token. Inputs larger than the caches
-      // are read token by token instead (block = 1): whole rows in order, which the hardware
-      // prefetchers follow; one head's slices of a block's rows, they do not.
-      const index_t block = input_bytes / threads <= blocked_max_input_bytes ? token_block : 1;
       for (index_t t0 = 0; t0 < p.tokens; t0 += block)
         for (index_t u = first; u < last; ++u)
           for (index_t t = t0; t < std::min(t0 + block, p.tokens); ++t)
