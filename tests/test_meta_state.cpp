@@ -18,23 +18,24 @@ using fixture::run;
 using fixture::flatten;
 
 /// `every` = 0: the replay encoder; otherwise `encode_recorded` then `evolve`, and
-/// `evolve_recorded` (both from the record). `tiny_decays`: one decay in seven is 1e-30, so
-/// products of a block's decays underflow. B = H = 2 unless given; `threads` 0 = OpenMP's
+/// `evolve_recorded` (both from the record). `rare_decay` > 0: one decay in seven is this
+/// small (1e-30: products of a block's decays fall below what the encoder divides by; 1e-8:
+/// the encoder divides, the evolution runs the plain recurrence instead of the deferred form). B = H = 2 unless given; `threads` 0 = OpenMP's
 /// default.
 template <int N, class Backend, class Storage = float>
-void check_meta_state_ops(int head_size, int n, int T, int every = 0, bool tiny_decays = false, int batch = 2,
+void check_meta_state_ops(int head_size, int n, int T, int every = 0, double rare_decay = 0, int batch = 2,
                           int heads = 2, int threads = 0) {
   CAPTURE(head_size);
   CAPTURE(n);
   CAPTURE(T);
   CAPTURE(every);
-  CAPTURE(tiny_decays);
+  CAPTURE(rare_decay);
   CAPTURE(batch);
   CAPTURE(heads);
   CAPTURE(threads);
   auto p = ref::random_problem(batch, T, heads, head_size, 31 + head_size + T);
-  if (tiny_decays)
-    for (std::size_t i = 0; i < p.w.size(); i += 7) p.w[i] = 1e-30;
+  if (rare_decay > 0)
+    for (std::size_t i = 0; i < p.w.size(); i += 7) p.w[i] = rare_decay;
   auto in = harness::random_meta_state(p, n, 32 + n);
   // The reference sees the inputs rounded to the storage type (identity for float and double).
   for (auto* x : {&p.r, &p.w, &p.k, &p.v, &p.a, &p.b, &in.x}) *x = harness::widen(harness::convert<Storage>(*x));
@@ -69,8 +70,10 @@ TEST_CASE("encode_recorded (from what wkv7::sequence recorded) matches the fp64 
       check_meta_state_ops<ms::dynamic, ms::backend::eigen>(24, 24, T, every);
     }
   }
-  check_meta_state_ops<64, ms::backend::default_backend>(64, 64, 70, 8, true);
-  check_meta_state_ops<ms::dynamic, ms::backend::default_backend>(40, 36, 33, 16, true);
+  check_meta_state_ops<64, ms::backend::default_backend>(64, 64, 70, 8, 1e-30);
+  check_meta_state_ops<ms::dynamic, ms::backend::default_backend>(40, 36, 33, 16, 1e-30);
+  check_meta_state_ops<64, ms::backend::default_backend>(64, 64, 70, 16, 1e-8);
+  check_meta_state_ops<ms::dynamic, ms::backend::default_backend>(40, 36, 33, 16, 1e-8);
   check_meta_state_ops<64, ms::backend::default_backend, Eigen::bfloat16>(64, 64, 33, 8);
   check_meta_state_ops<32, ms::backend::eigen, Eigen::half>(32, 20, 33, 5);
   check_meta_state_ops<32, ms::backend::scalar, double>(32, 24, 33, 8);
@@ -111,14 +114,30 @@ TEST_CASE("meta-state ops take log-decays: the replay and the recorded encoder, 
   }
 }
 
+TEST_CASE("evolve_recorded runs the plain recurrence where the deferred form would overflow") {
+  // M_0 near 1e30 and one decay in seven 1e-8: a block's decays multiply to about 1e-24, and
+  // M / P would pass fp32's 3e38; the op must stay finite and match the reference (1e-6).
+  auto p = ref::random_problem(1, 40, 2, 32, 51);
+  for (std::size_t i = 0; i < p.w.size(); i += 7) p.w[i] = 1e-8;
+  auto in = harness::random_meta_state(p, 32, 52);
+  for (auto& v : in.m0) v *= 1e30;
+  for (auto* x : {&p.r, &p.w, &p.k, &p.v, &p.a, &p.b, &in.x, &in.m0}) *x = harness::widen(harness::convert<float>(*x));
+  auto m = in.m0;
+  const auto o = ref::meta_state(p, in.x, 32, m);
+  const auto got = harness::run_meta_state<32, ms::backend::default_backend, float>(p, in, 16, 0,
+                                                                                   ms::wkv7::decay_input::w, true);
+  CHECK(ref::rms_relative(got.y, o) <= 1e-6);
+  CHECK(ref::rms_relative(got.state, m) <= 1e-6);
+}
+
 TEST_CASE("encode_recorded and evolve_recorded split their work over threads correctly (whole heads, or not)") {
   // 70 tokens of N = n = 64 in blocks of 16 are enough work for two threads. One head: the
   // two threads split its blocks (evolve_recorded: then split M's rows). Three heads: each
   // thread takes whole heads, unevenly.
   for (int threads : {1, 2}) {
-    check_meta_state_ops<64, ms::backend::default_backend>(64, 64, 70, 16, false, 1, 1, threads);
-    check_meta_state_ops<64, ms::backend::default_backend>(64, 64, 70, 16, false, 1, 3, threads);
-    check_meta_state_ops<64, ms::backend::default_backend>(64, 64, 70, 16, false, 3, 1, threads);
+    check_meta_state_ops<64, ms::backend::default_backend>(64, 64, 70, 16, 0, 1, 1, threads);
+    check_meta_state_ops<64, ms::backend::default_backend>(64, 64, 70, 16, 0, 1, 3, threads);
+    check_meta_state_ops<64, ms::backend::default_backend>(64, 64, 70, 16, 0, 3, 1, threads);
   }
 }
 

@@ -348,6 +348,9 @@ void recorded_pass(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, seq
   ws.encoder_rows.resize(static_cast<std::size_t>(threads * inner));
   const bool log_decay = opt.decay == wkv7::decay_input::log_w;
   const S tiny = std::ldexp(S(1), -100);
+  // The deferred form scales M by up to 1/P: kept to blocks whose decays leave 88 of fp32's
+  // 127 binary orders of magnitude for |M| (RWKV-7's w > 0.545 keeps P > 2⁻¹⁴ over 16 tokens).
+  const S deferred_min = std::ldexp(S(1), -40);
   // Token rows c .. c + m - 1 of one head of `in` as S over the padded channels: the input
   // itself when it is S and whole vectors, else copies (decays from log-decays, padding).
   auto as_accum = [n, np, H, N](const sequence_view<const T>& in, index_t b, index_t c, index_t h, index_t m,
@@ -412,7 +415,8 @@ void recorded_pass(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, seq
     }
     alignas(64) S lanes[L];
     smallest.store_aligned(lanes);
-    const bool divided = *std::min_element(lanes, lanes + L) >= tiny;
+    const S least = *std::min_element(lanes, lanes + L);
+    const bool divided = least >= tiny;
     if (divided) {
       // β_tτ = (b_τ / P_τ) · x̂_t and κ_tτ for every pair τ ≤ t at once (the diagonal too,
       // where P cancels): one product of the block's x̂ by the interleaved rows b_τ/P_τ,
@@ -458,6 +462,7 @@ void recorded_pass(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, seq
       // decay (X += u (b_t/P_t)ᵀ + e_t (e_t/P_t)ᵀ, o_t = X x̂_t, u_{t+1} = X ã_{t+1}), with the
       // block's P, b/P, x̂ shared with the encoder; X goes back to M at the block's end.
       detail::encoder_product<batch>(m_, rows, npad, 2, z, inner, nn, 0, out, npad);
+      const bool deferred = least >= deferred_min;
       const index_t next = c + m_ < T_ ? c + m_ : -1;  // the next block's first token, if any
       const S* a_next = nullptr;
       if (next >= 0) as_accum(wkv.a, b, next, h, 1, &a_next, a_following, false, S(0));
@@ -465,7 +470,7 @@ void recorded_pass(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, seq
         S* et = row(out, t);
         std::fill(et + nn, et + npad, S(0));
         const bool last = t + 1 == m_;
-        if (divided) {
+        if (deferred) {
           S* ept = row(e_over_p, t);
           for (index_t j = 0; j < npad; j += L)
             (batch::load_unaligned(et + j) * batch::load_unaligned(row(inverse_rows, t) + j)).store_unaligned(ept + j);
@@ -478,7 +483,7 @@ void recorded_pass(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, seq
         T* ot = o.at(b, c + t, h);
         for (index_t i = 0; i < nn; ++i) ot[i] = static_cast<T>(o_row[i]);
       }
-      if (divided) scale_columns<batch>(X, npad, P, a_next, u);
+      if (deferred) scale_columns<batch>(X, npad, P, a_next, u);
     } else if constexpr (std::is_same_v<T, S>) {  // straight into e
       detail::encoder_product<batch>(m_, rows, npad, 2, z, inner, nn, 0, e.at(b, c, h), H * nn);
     } else {
@@ -590,7 +595,7 @@ void evolve(sequence_view<const T> w, sequence_view<const T> a, sequence_view<co
 /// and x̂_t = P_t ∘ x̃_t also drive M in the deferred form X = M diag(1/P_t), whose update
 /// X += u_t (b_t/P_t)ᵀ + e_t (e_t/P_t)ᵀ needs 4 vector operations per element instead of the
 /// WKV-7 op's 5 (o_t = X x̂_t, u_{t+1} = X (P_t ∘ a_{t+1})). Blocks whose decays multiply
-/// below 2⁻¹⁰⁰ run the plain recurrence. A head's blocks run in order on one thread; with
+/// below 2⁻⁴⁰ run the plain recurrence. A head's blocks run in order on one thread; with
 /// fewer (batch, head) items than threads it runs `encode_recorded` (which splits the
 /// blocks) then `evolve` (which splits M's rows) instead, whose results equal the one-pass
 /// results only within rounding (every other op's are bit-identical for any thread count).
