@@ -216,18 +216,26 @@ TEST_CASE("meta-state ops reject outputs that share memory with their other tens
   const ms::state_view<float> mv(m.data(), 1, 1, N);
   CHECK_THROWS_WITH_AS(ms::meta_state::evolve_recorded(in.all(), saved, cseq(x.data()), mv, seq(x.data()), N, ws),
                        ("meta_state::evolve_recorded: tensor 'o' overlaps 'x" + tail).c_str(), ms::overlap_error);
-  CHECK_THROWS_WITH_AS(ms::meta_state::evolve_recorded(in.all(), saved, cseq(x.data()),
-                                                       ms::state_view<float>(const_cast<float*>(in.a.data()), 1, 1, N),
-                                                       seq(o.data()), N, ws),
-                       ("meta_state::evolve_recorded: tensor 'm' overlaps 'a" + tail).c_str(), ms::overlap_error);
+  // A state inside an input: m (N x N) is larger than one input, so the input is a view of a
+  // buffer with room for m (pointing m at an input's own vector would also cover whatever the
+  // heap put after it, which differs between builds).
+  std::vector<float> roomy(p.state_size() + p.seq_size());
+  const ms::state_view<float> m_in_roomy(roomy.data(), 1, 1, N);
+  auto r_in_roomy = in.all();
+  r_in_roomy.r = cseq(roomy.data());
+  CHECK_THROWS_WITH_AS(ms::meta_state::evolve_recorded(r_in_roomy, saved, cseq(x.data()), m_in_roomy, seq(o.data()),
+                                                       N, ws),
+                       ("meta_state::evolve_recorded: tensor 'm' overlaps 'r" + tail).c_str(), ms::overlap_error);
+  CHECK_THROWS_WITH_AS(ms::meta_state::evolve_recorded(in.all(), saved, cseq(x.data()), mv,
+                                                       seq(const_cast<float*>(in.a.data())), N, ws),
+                       ("meta_state::evolve_recorded: tensor 'o' overlaps 'a" + tail).c_str(), ms::overlap_error);
   const auto w = in.view(in.w), a = in.view(in.a), b = in.view(in.b);
   CHECK_THROWS_WITH_AS(ms::meta_state::evolve<N>(w, a, b, cseq(e.data()), cseq(x.data()), mv, seq(x.data()), ws),
                        ("meta_state::evolve: tensor 'o' overlaps 'x" + tail).c_str(), ms::overlap_error);
   CHECK_THROWS_WITH_AS(ms::meta_state::evolve<N>(w, a, b, cseq(e.data()), cseq(x.data()),
                                                  ms::state_view<float>(o.data(), 1, 1, N), seq(o.data()), ws),
                        ("meta_state::evolve: tensor 'o' overlaps 'm" + tail).c_str(), ms::overlap_error);
-  CHECK_THROWS_WITH_AS(ms::meta_state::evolve<N>(w, a, b, cseq(e.data()), cseq(x.data()),
-                                                 ms::state_view<float>(const_cast<float*>(in.w.data()), 1, 1, N),
+  CHECK_THROWS_WITH_AS(ms::meta_state::evolve<N>(cseq(roomy.data()), a, b, cseq(e.data()), cseq(x.data()), m_in_roomy,
                                                  seq(o.data()), ws),
                        ("meta_state::evolve: tensor 'm' overlaps 'w" + tail).c_str(), ms::overlap_error);
   // evolve names its own tensors in shape errors too (not those of the WKV-7 op it runs).
