@@ -215,13 +215,11 @@ class simd_transposed_unit {
  private:
   float* column(int j) { return work_ + static_cast<std::size_t>(j) * rows_; }
 
-  /// How far ahead units with `prefetch_inputs` set prefetch: two threads splitting 12 heads' rows at
-  /// T = 4096 ran 1.05x faster with 2 tokens (1.04x with 4, 1.03x with 8; in one process,
-  /// AVX2); one thread reading whole rows ran 1.03x slower, so only such units do it.
+  /// How far ahead units with `prefetch_inputs` set prefetch: two threads splitting 12
+  /// heads' rows at T = 4096 ran 1.05x faster with 2 tokens (1.04x with 4, 1.03x with 8; in
+  /// one process, AVX2); one thread reading whole rows ran 1.03x slower, so only such units
+  /// do it.
   static constexpr index_t prefetch_distance = 2;
-
-
-
 
   template <int R>
   void rows(int i0, const typename token_loader<T, float, N>::token& x, const float* a_next, float* y) {
