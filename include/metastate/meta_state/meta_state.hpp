@@ -374,6 +374,10 @@ void recorded_pass(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, seq
     }
   };
 
+  // Fused: where a thread's M pieces start (the working copy, then u, then a readout row),
+  // after its encoder pieces and the block's a, ã, 1/P, e/P rows and next block's a.
+  auto m_working = [&](S* buffer) { return buffer + encoder_scratch + 4 * every * np + np; };
+
   auto run_unit = [&](index_t unit, S* buffer, const S** rows) {
     // Sizes as locals: the vector stores (may-alias types) would otherwise force reloads of
     // captured references inside the inner loops.
@@ -384,7 +388,7 @@ void recorded_pass(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, seq
       *z = P + npad, *out = z + every * inner, *zero_row = out + every * npad;
     // Fused only: a, ã, 1/P, e/P (rows), the next block's a, then M's pieces (per thread).
     S *aa = zero_row + npad, *a_tilde = aa + every * npad, *inverse_rows = a_tilde + every * npad,
-      *e_over_p = inverse_rows + every * npad, *a_following = e_over_p + every * npad, *X = a_following + npad,
+      *e_over_p = inverse_rows + every * npad, *a_following = e_over_p + every * npad, *X = m_working(buffer),
       *u = X + npad * npad, *o_row = u + npad;
     std::fill_n(zero_row, npad, S(0));
     auto row = [npad](S* base, index_t tau) { return base + tau * npad; };
@@ -502,7 +506,7 @@ void recorded_pass(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, seq
                   last = items >= threads ? items * (tid + 1) / threads * blocks : units * (tid + 1) / threads;
     for (index_t unit = first; unit < last; ++unit) {
       if constexpr (Fused) {
-        S* X = buffer + encoder_scratch + 4 * every * np + np;
+        S* X = m_working(buffer);
         S* u = X + np * np;
         if (unit % blocks == 0) {  // a new head: M into its working copy, u_0 = M_0 a_0
           const index_t b = unit / blocks / H, h = unit / blocks % H;

@@ -278,13 +278,6 @@ void run_units(const problem<T, A>& p, const exec_policy& policy, int granularit
     const int part = static_cast<int>(u % parts);
     return unit{item / p.heads, item % p.heads, part * rows_per_part, std::min(p.n, (part + 1) * rows_per_part)};
   };
-  // Whether thread `tid`'s units read pieces of each batch row's inputs from memory: inputs
-  // beyond the caches (token order), whole heads (units splitting rows read whole input
-  // rows), and a range of heads that does not cover whole batch rows.
-  auto reads_row_pieces = [&](int tid) {
-    const index_t first = units * tid / threads, last = units * (tid + 1) / threads;
-    return threads > 1 && parts == 1 && block == 1 && (first % p.heads != 0 || last % p.heads != 0);
-  };
   const index_t state_size = static_cast<index_t>(p.n) * p.n;
   auto token = [&](Unit& k, index_t u, index_t t) {
     if (p.every > 0 && t % p.every == 0)
@@ -293,7 +286,10 @@ void run_units(const problem<T, A>& p, const exec_policy& policy, int granularit
   };
   auto run_thread = [&](int tid) {
     const index_t first = units * tid / threads, last = units * (tid + 1) / threads;
-    const bool pieces = reads_row_pieces(tid);
+    // Whether these units read pieces of each batch row's inputs from memory: inputs beyond
+    // the caches (token order), whole heads (units splitting rows read whole input rows), and
+    // a range of heads that does not cover whole batch rows.
+    const bool pieces = threads > 1 && parts == 1 && block == 1 && (first % p.heads != 0 || last % p.heads != 0);
     if (last - first == 1 || p.tokens == 1) {
       for (index_t u = first; u < last; ++u) {
         unit at = unit_at(u);
