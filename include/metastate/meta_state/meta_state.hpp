@@ -211,12 +211,19 @@ void encode_sequence(const wkv7::inputs<T>& wkv, state_view<const S> start, sequ
 
 namespace detail {
 
+/// Where a token's sweep multiplies each column j by its factor f[j]: never (the deferred
+/// form's tokens), before the update (the plain recurrence: f = w), or after the readout (the
+/// deferred form's last token of a block: f = P, which takes X back to M, so that the next u
+/// comes from M instead of from a separate sweep).
+enum class column_factor { none, before_update, after_readout };
+
 /// One token of the WKV-7 recurrence on a transposed working copy (column j of the np rows
 /// at X + j·np), rows [i0, i0 + R·L):
-///   X[:,j] ← X[:,j] ∘ w[j] (when Decay) + u·b[j] + e·k[j];  o = X q;  u ← X a (the next u).
-/// The Meta-State recurrence in its deferred form (Decay false) or plain.
-template <int R, bool Decay, class Batch, class S>
-METASTATE_ALWAYS_INLINE void recurrence_rows(S* X, index_t np, index_t i0, const S* w, const S* b, const S* k,
+///   X[:,j] ← X[:,j] (∘ f[j] before) + u·b[j] + e·k[j];  o = X q;  (X[:,j] ← X[:,j] ∘ f[j] after);
+///   u ← X a (the next u).
+/// The Meta-State recurrence in its deferred form or plain (see `column_factor`).
+template <int R, column_factor F, class Batch, class S>
+METASTATE_ALWAYS_INLINE void recurrence_rows(S* X, index_t np, index_t i0, const S* f, const S* b, const S* k,
                                              const S* q, const S* a, S* u, const S* e, S* o) {
   constexpr index_t L = static_cast<index_t>(Batch::size);
   Batch uu[R], ee[R], out[R], next[R];
@@ -230,11 +237,12 @@ METASTATE_ALWAYS_INLINE void recurrence_rows(S* X, index_t np, index_t i0, const
     const Batch bj(b[j]), kj(k[j]), qj(q[j]), aj(a[j]);
     for (int r = 0; r < R; ++r) {
       Batch x = Batch::load_aligned(col + r * L);
-      if constexpr (Decay) x *= Batch(w[j]);
+      if constexpr (F == column_factor::before_update) x *= Batch(f[j]);
       x = xsimd::fma(uu[r], bj, x);
       x = xsimd::fma(ee[r], kj, x);
-      x.store_aligned(col + r * L);
       out[r] = xsimd::fma(x, qj, out[r]);
+      if constexpr (F == column_factor::after_readout) x *= Batch(f[j]);
+      x.store_aligned(col + r * L);
       next[r] = xsimd::fma(x, aj, next[r]);
     }
   }
@@ -247,35 +255,27 @@ METASTATE_ALWAYS_INLINE void recurrence_rows(S* X, index_t np, index_t i0, const
 /// `recurrence_rows` over all np rows: blocks of 4 vectors, then single vectors. (With 16
 /// registers the row vectors of u and e become memory operands; 2-vector blocks, which fit,
 /// measured no faster on AVX2, ad hoc.)
-template <bool Decay, class Batch, class S>
-void recurrence_token(S* X, index_t np, const S* w, const S* b, const S* k, const S* q, const S* a, S* u,
+template <column_factor F, class Batch, class S>
+void recurrence_token(S* X, index_t np, const S* f, const S* b, const S* k, const S* q, const S* a, S* u,
                       const S* e, S* o) {
   constexpr index_t L = static_cast<index_t>(Batch::size), R = 4;
   index_t i = 0;
-  for (; i + R * L <= np; i += R * L) recurrence_rows<R, Decay, Batch>(X, np, i, w, b, k, q, a, u, e, o);
-  for (; i < np; i += L) recurrence_rows<1, Decay, Batch>(X, np, i, w, b, k, q, a, u, e, o);
+  for (; i + R * L <= np; i += R * L) recurrence_rows<R, F, Batch>(X, np, i, f, b, k, q, a, u, e, o);
+  for (; i < np; i += L) recurrence_rows<1, F, Batch>(X, np, i, f, b, k, q, a, u, e, o);
 }
 
-/// X ← X diag(p) when p is given (back from the deferred form), then u = X a when a is given.
+/// u = X a.
 template <class Batch, class S>
-void scale_columns(S* X, index_t np, const S* p, const S* a, S* u) {
+void column_product(const S* X, index_t np, const S* a, S* u) {
   constexpr index_t L = static_cast<index_t>(Batch::size), R = 4;  // R sums in flight hide the FMA latency
   for (index_t i0 = 0; i0 < np; i0 += R * L) {
     const index_t vectors = std::min(R, (np - i0) / L);
     Batch acc[R];
     for (index_t r = 0; r < R; ++r) acc[r] = Batch(S(0));
-    S* col = X + i0;
+    const S* col = X + i0;
     for (index_t j = 0; j < np; ++j, col += np)
-      for (index_t r = 0; r < vectors; ++r) {
-        Batch x = Batch::load_aligned(col + r * L);
-        if (p) {
-          x *= Batch(p[j]);
-          x.store_aligned(col + r * L);
-        }
-        if (a) acc[r] = xsimd::fma(x, Batch(a[j]), acc[r]);
-      }
-    if (a)
-      for (index_t r = 0; r < vectors; ++r) acc[r].store_aligned(u + i0 + r * L);
+      for (index_t r = 0; r < vectors; ++r) acc[r] = xsimd::fma(Batch::load_aligned(col + r * L), Batch(a[j]), acc[r]);
+    for (index_t r = 0; r < vectors; ++r) acc[r].store_aligned(u + i0 + r * L);
   }
 }
 
@@ -478,16 +478,19 @@ void recorded_pass(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, seq
           S* ept = row(e_over_p, t);
           for (index_t j = 0; j < npad; j += L)
             (batch::load_unaligned(et + j) * batch::load_unaligned(row(inverse_rows, t) + j)).store_unaligned(ept + j);
-          recurrence_token<false, batch>(X, npad, static_cast<const S*>(nullptr), row(bk_rows, 2 * t), ept, z + t * inner,
-                                         last ? z + t * inner : row(a_tilde, t + 1), u, et, o_row);
+          if (last)  // X back to M (times P) in the same sweep; the next u from M (unused after the last block)
+            recurrence_token<column_factor::after_readout, batch>(X, npad, P, row(bk_rows, 2 * t), ept, z + t * inner,
+                                                                  a_next ? a_next : P, u, et, o_row);
+          else
+            recurrence_token<column_factor::none, batch>(X, npad, static_cast<const S*>(nullptr), row(bk_rows, 2 * t),
+                                                         ept, z + t * inner, row(a_tilde, t + 1), u, et, o_row);
         } else {
-          recurrence_token<true, batch>(X, npad, wr[t], br[t], et, xr[t], last ? (a_next ? a_next : xr[t]) : ar[t + 1],
-                                        u, et, o_row);
+          recurrence_token<column_factor::before_update, batch>(
+              X, npad, wr[t], br[t], et, xr[t], last ? (a_next ? a_next : xr[t]) : ar[t + 1], u, et, o_row);
         }
         T* ot = o.at(b, c + t, h);
         for (index_t i = 0; i < nn; ++i) ot[i] = static_cast<T>(o_row[i]);
       }
-      if (deferred) scale_columns<batch>(X, npad, P, a_next, u);
     } else if constexpr (std::is_same_v<T, S>) {  // straight into e
       detail::encoder_product<batch>(m_, rows, npad, 2, z, inner, nn, 0, e.at(b, c, h), H * nn);
     } else {
@@ -514,7 +517,7 @@ void recorded_pass(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, seq
           wkv7::detail::transpose(m.at(b, h), n, n, n, X, np);
           const S* a0 = nullptr;
           as_accum(wkv.a, b, 0, h, 1, &a0, u + np, false, S(0));  // (the readout row as the copy)
-          scale_columns<batch>(X, np, static_cast<const S*>(nullptr), a0, u);
+          column_product<batch>(X, np, a0, u);
         }
         run_unit(unit, buffer, rows);
         if (unit % blocks == blocks - 1) {  // the head's last block: M back
