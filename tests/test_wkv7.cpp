@@ -210,18 +210,39 @@ TEST_CASE_TEMPLATE("wkv7 sequence records its removals and every few states (for
                        ms::shape_error);
 }
 
-TEST_CASE("wkv7 simd with an output larger than the caches (stored around them) matches the reference") {
-  // y = 4096 x 2 x 64 floats = 2 MiB: the sequence kernel streams it (non-temporal stores).
-  const auto p = ref::random_problem(1, 4096, 2, 64, 17);
-  std::vector<double> state = p.s0;
-  const auto y = ref::wkv7(p, state);
-  for (int threads : {1, 2}) {
-    CAPTURE(threads);
-    ms::wkv7::options opt;
-    opt.exec.threads = threads;
-    const auto got = run_sequence<64, simd, float>(p, opt);
-    CHECK(ref::rms_relative(got.y, y) <= 1e-6);
-    CHECK(ref::rms_relative(got.state, state) <= 1e-6);
+TEST_CASE("wkv7 simd on inputs larger than the caches matches the reference, split by heads or by rows") {
+  // y = 4096 x 3 x 64 floats = 3 MiB: the sequence kernel streams it (non-temporal stores).
+  // The inputs (18 MiB) are read token by token; with B = 1 two threads split every head's
+  // rows (a split by heads would leave each reading pieces of every row), with B = 2 the
+  // batch rows. Either way the results equal one thread's, the record included (the
+  // record's states are indexed by head, not by the order the threads take the units in).
+  for (int B : {1, 2}) {
+    CAPTURE(B);
+    const auto p = ref::random_problem(B, 4096 / B, 3, 64, 17);
+    std::vector<double> state = p.s0;
+    const auto y = ref::wkv7(p, state);
+    const harness::stored_inputs<float> in(p);
+    std::vector<float> first_y, first_state, first_record;
+    for (int threads : {1, 2}) {
+      CAPTURE(threads);
+      ms::wkv7::options opt;
+      opt.exec.threads = threads;
+      ms::wkv7::record<float> saved(16);
+      std::vector<float> got_y(p.seq_size()), got_state = harness::convert<float>(p.s0);
+      ms::wkv7::sequence<64, simd>(in.all(), ms::state_view<float>(got_state.data(), p.B, p.H, 64),
+                                   ms::sequence_view<float>(got_y.data(), p.B, p.T, p.H, 64), opt, saved);
+      CHECK(ref::rms_relative(harness::widen(got_y), y) <= 1e-6);
+      CHECK(ref::rms_relative(harness::widen(got_state), state) <= 1e-6);
+      const std::vector<float> record(saved.states(),
+                                      saved.states() + ms::wkv7::recorded_states(p.T, 16) * p.state_size());
+      if (threads == 1) {
+        first_y = got_y, first_state = got_state, first_record = record;
+      } else {
+        CHECK(got_y == first_y);
+        CHECK(got_state == first_state);
+        CHECK(record == first_record);
+      }
+    }
   }
 }
 

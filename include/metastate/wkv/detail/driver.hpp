@@ -204,12 +204,6 @@ class token_loader {
 struct unit {
   index_t b, h;
   int row0, row1;
-  /// Set where the unit's thread streams its inputs from memory in pieces of each row (a
-  /// share of a batch row's heads, token after token): kernels that can then prefetch the
-  /// coming tokens' inputs themselves. The hardware prefetchers follow runs of contiguous
-  /// lines; pieces of rows with gaps between them, which two threads splitting 12 heads read,
-  /// defeat them (docs/PERFORMANCE.md).
-  bool prefetch_inputs = false;
 };
 
 /// The scratch a unit needs for the length of a call (`Unit::scratch_size`), or none.
@@ -250,9 +244,10 @@ inline constexpr double blocked_max_input_bytes = xsimd::batch<float>::size >= 1
 /// 6 us on one thread and 12 us on two).
 inline constexpr double parallel_min_updates = 1 << 18;
 
-/// Runs `Unit` kernels over batch x heads (and, when those are fewer than the threads, over
-/// row blocks of `granularity` rows: rows are independent). Each thread runs its units over
-/// one block of `token_block` tokens after another.
+/// Runs `Unit` kernels over batch x heads (and, when those are fewer than the threads or when
+/// a split by heads would leave threads reading pieces of input rows from memory, over row
+/// blocks of `granularity` rows: rows are independent). Each thread runs its units over one
+/// block of `token_block` tokens after another.
 /// A unit is constructed (with its scratch) before its first token and `finish`ed after its
 /// last; where a record asks for the state, `store` writes the unit's rows of it (transposed).
 template <class Unit, class T, class A>
@@ -262,38 +257,46 @@ void run_units(const problem<T, A>& p, const exec_policy& policy, int granularit
   // Small calls skip the OpenMP queries too (a step of one head takes about 300 ns).
   int threads = double(items) * p.tokens * p.n * p.n < parallel_min_updates ? 1 : resolve_threads(policy);
   const int row_groups = (p.n + granularity - 1) / granularity;
-  const int parts = items >= threads ? 1 : std::min<int>(row_groups, (threads + items - 1) / items);
+  const double input_bytes = 6.0 * sizeof(T) * p.in.r.size();
+  // Inputs larger than the caches are read token by token (`block` below), whole rows in
+  // order, which the hardware prefetchers follow. Threads splitting a batch row's heads would
+  // each read pieces of every row, which they follow poorly (two threads on 12 heads scaled
+  // 1.74-1.84x against 1.92-1.97x with every head's rows split, ad hoc, AVX2); so there the
+  // threads split every head's rows instead and each reads whole rows. Threads with whole
+  // batch rows of their own keep whole heads (B = 2, H = 1: 2.06x against 1.90x).
+  const bool split_every_head =
+      threads > 1 && items >= threads && input_bytes / threads > blocked_max_input_bytes && p.batch % threads != 0;
+  const int parts = split_every_head     ? std::min(threads, row_groups)
+                    : items >= threads ? 1
+                                       : std::min<int>(row_groups, (threads + items - 1) / items);
   const int rows_per_part = (row_groups + parts - 1) / parts * granularity;
   const index_t units = items * parts;
   if (threads > units) threads = static_cast<int>(units);
 
-  const double input_bytes = 6.0 * sizeof(T) * p.in.r.size();
   // Blocks of tokens, units inside, tokens innermost: a unit's state stays in L1 for a
   // block instead of being swept from L2 at every token. Inputs larger than the caches
   // are read token by token instead (block = 1): whole rows in order, which the hardware
   // prefetchers follow; one head's slices of a block's rows, they do not.
   const index_t block = input_bytes / threads <= blocked_max_input_bytes ? token_block : 1;
+  // Units are numbered so that each thread's range holds whole heads, or with
+  // `split_every_head` one part of every head (parts outer).
+  auto item_of = [&](index_t u) { return split_every_head ? u % items : u / parts; };
   auto unit_at = [&](index_t u) {
-    const index_t item = u / parts;
-    const int part = static_cast<int>(u % parts);
+    const index_t item = item_of(u);
+    const int part = static_cast<int>(split_every_head ? u / items : u % parts);
     return unit{item / p.heads, item % p.heads, part * rows_per_part, std::min(p.n, (part + 1) * rows_per_part)};
   };
   const index_t state_size = static_cast<index_t>(p.n) * p.n;
   auto token = [&](Unit& k, index_t u, index_t t) {
     if (p.every > 0 && t % p.every == 0)
-      k.store(p.saved_states + (t / p.every) * items * state_size + (u / parts) * state_size);
+      k.store(p.saved_states + (t / p.every) * items * state_size + item_of(u) * state_size);
     k.token(t);
   };
   auto run_thread = [&](int tid) {
     const index_t first = units * tid / threads, last = units * (tid + 1) / threads;
-    // Whether these units read pieces of each batch row's inputs from memory: inputs beyond
-    // the caches (token order), whole heads (units splitting rows read whole input rows), and
-    // a range of heads that does not cover whole batch rows.
-    const bool pieces = threads > 1 && parts == 1 && block == 1 && (first % p.heads != 0 || last % p.heads != 0);
     if (last - first == 1 || p.tokens == 1) {
       for (index_t u = first; u < last; ++u) {
-        unit at = unit_at(u);
-        at.prefetch_inputs = pieces;
+        const unit at = unit_at(u);
         Unit k(p, at, thread_arena<A>(unit_scratch_size<Unit>(p, at, 0)));
         for (index_t t = 0; t < p.tokens; ++t) token(k, u, t);
         k.finish();
@@ -305,8 +308,7 @@ void run_units(const problem<T, A>& p, const exec_policy& policy, int granularit
       std::vector<Unit> mine;
       mine.reserve(static_cast<std::size_t>(last - first));
       for (index_t u = first; u < last; ++u) {
-        unit at = unit_at(u);
-        at.prefetch_inputs = pieces;
+        const unit at = unit_at(u);
         mine.emplace_back(p, at, scratch);
         scratch += unit_scratch_size<Unit>(p, at, 0);
       }

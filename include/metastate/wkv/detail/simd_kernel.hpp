@@ -165,16 +165,6 @@ class simd_transposed_unit {
   }
 
   void token(index_t t) {
-    // Token t + prefetch_distance's six input slices of this unit's head, into L2. (Written
-    // here: in a function of its own, GCC judged the prefetches free of effects and dropped
-    // the call.)
-    if (u_.prefetch_inputs && t + prefetch_distance < p_.tokens) {
-      const int bytes = p_.n * static_cast<int>(sizeof(T));
-      for (const sequence_view<const T>* in : {&p_.in.r, &p_.in.w, &p_.in.k, &p_.in.v, &p_.in.a, &p_.in.b}) {
-        const char* slice = reinterpret_cast<const char*>(in->at(u_.b, t + prefetch_distance, u_.h));
-        for (int line = 0; line < bytes; line += 64) __builtin_prefetch(slice + line, 0, 1);
-      }
-    }
     const auto x = load_.load(t);
     // The last token has no successor; its "next u" is computed from its own a and unused.
     const float* a_next = t + 1 < p_.tokens ? load_.load_a_ahead(t + 1) : x.a;
@@ -215,14 +205,8 @@ class simd_transposed_unit {
  private:
   float* column(int j) { return work_ + static_cast<std::size_t>(j) * rows_; }
 
-  /// How far ahead units with `prefetch_inputs` set prefetch: two threads splitting 12
-  /// heads' rows at T = 4096 ran 1.05x faster with 2 tokens (1.04x with 4, 1.03x with 8; in
-  /// one process, AVX2); one thread reading whole rows ran 1.03x slower, so only such units
-  /// do it.
-  static constexpr index_t prefetch_distance = 2;
-
   template <int R>
-  void rows(int i0, const typename token_loader<T, float, N>::token& x, const float* a_next, float* y) {
+  METASTATE_ALWAYS_INLINE void rows(int i0, const typename token_loader<T, float, N>::token& x, const float* a_next, float* y) {
     const int n = head_size<N>(p_.n).value();
     float* removal = removal_;
     // Even and odd columns keep separate sums (where 32 vector registers hold them): at 2
