@@ -321,10 +321,11 @@ void recorded_pass(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, seq
   using batch = xsimd::batch<S, backend::default_simd_arch>;
   constexpr index_t L = static_cast<index_t>(batch::size);
   // Units are (batch, head, block) in that order. With at least as many (batch, head) items
-  // as threads, each thread takes the items `wkv7::sequence` gives it (same formula) with all
-  // their blocks, so it reads the records its own WKV-7 pass wrote, from its own caches
-  // (split by blocks, the two cores traded every recorded line and the record cost 0.5 of the
-  // WKV-7 op on two threads instead of 0.2; ad hoc, H = 12). Fewer items split the blocks
+  // as threads, each thread takes the items `wkv7::sequence` gives it on inputs that fit the
+  // caches (a model's chunk; same formula) with all their blocks, so it reads the records its
+  // own WKV-7 pass wrote, from its own caches (split by blocks, the two cores traded every
+  // recorded line and the record cost 0.5 of the WKV-7 op on two threads instead of 0.2;
+  // ad hoc, H = 12). Fewer items split the blocks
   // (the encoder alone: the fused pass runs a head's blocks in order, so its caller gives it
   // at least as many items as threads).
   const index_t blocks = (T_ + every - 1) / every, units = B * H * blocks;
