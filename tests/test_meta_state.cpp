@@ -133,11 +133,15 @@ TEST_CASE("evolve_recorded runs the plain recurrence where the deferred form wou
 TEST_CASE("encode_recorded and evolve_recorded split their work over threads correctly (whole heads, or not)") {
   // 70 tokens of N = n = 64 in blocks of 16 are enough work for two threads. One head: the
   // two threads split its blocks (evolve_recorded: then split M's rows). Three heads: each
-  // thread takes whole heads, unevenly.
+  // thread takes whole heads, unevenly. Four heads of 301 tokens: each thread's share of the
+  // inputs and record is over `prefetch_min_bytes`, so the fused pass prefetches each next
+  // unit's (the last block short), in float and in bfloat16.
   for (int threads : {1, 2}) {
     check_meta_state_ops<64, ms::backend::default_backend>(64, 64, 70, 16, 0, 1, 1, threads);
     check_meta_state_ops<64, ms::backend::default_backend>(64, 64, 70, 16, 0, 1, 3, threads);
     check_meta_state_ops<64, ms::backend::default_backend>(64, 64, 70, 16, 0, 3, 1, threads);
+    check_meta_state_ops<64, ms::backend::default_backend>(64, 64, 301, 16, 0, 1, 4, threads);
+    check_meta_state_ops<64, ms::backend::default_backend, Eigen::bfloat16>(64, 64, 301, 16, 0, 1, 4, threads);
   }
 }
 
