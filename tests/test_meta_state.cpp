@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <string>
 
 #include <metastate/metastate.hpp>
 
@@ -183,6 +184,22 @@ TEST_CASE("encode_recorded takes only a record filled by a call of its own shape
                        ms::shape_error);
   fill(saved, 9, w);
   CHECK_NOTHROW(encode(saved, 9));
+  // A record of the right shape left by other inputs (tokens 1..8 where it holds 0..7).
+  fill(saved, 8, w);
+  CHECK_NOTHROW(encode(saved, 8));
+  const std::string stale =
+      ": the record does not belong to these inputs (its u_0 = S_0 a_0 disagrees with this call's a at batch row 0, "
+      "head 0); wkv7::sequence must fill it on the same inputs";
+  CHECK_THROWS_WITH_AS(ms::meta_state::encode_recorded(in.all(1, 8), saved,
+                                                       ms::sequence_view<const float>(x.data(), 1, 8, 1, 16),
+                                                       ms::sequence_view<float>(e.data(), 1, 8, 1, 16), 16, ws),
+                       ("meta_state::encode_recorded" + stale).c_str(), ms::value_error);
+  std::vector<float> m(16 * 16);
+  CHECK_THROWS_WITH_AS(ms::meta_state::evolve_recorded(in.all(1, 8), saved,
+                                                       ms::sequence_view<const float>(x.data(), 1, 8, 1, 16),
+                                                       ms::state_view<float>(m.data(), 1, 1, 16),
+                                                       ms::sequence_view<float>(e.data(), 1, 8, 1, 16), 16, ws),
+                       ("meta_state::evolve_recorded" + stale).c_str(), ms::value_error);
   ms::wkv7::record<float> nothing(0), too_long(ms::meta_state::max_every + 1);
   fill(nothing, 9, w);
   fill(too_long, 9, w);

@@ -3,6 +3,7 @@
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <cmath>
 #include <string>
 #include <utility>
 #include <vector>
@@ -287,7 +288,8 @@ void column_product(const S* X, index_t np, const S* a, S* u) {
 inline constexpr double prefetch_min_bytes = 1 << 20;
 
 /// The checks `encode_recorded` and `evolve_recorded` share: shapes, data, and a record
-/// filled by a call of this shape and decay input.
+/// filled by a call of this shape and decay input, on these inputs (as far as its first
+/// removal tells: see the end).
 template <class T, class S>
 void check_recorded(const char* context, const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved,
                     sequence_view<const T> x, int n, const wkv7::options& opt) {
@@ -314,6 +316,27 @@ void check_recorded(const char* context, const wkv7::inputs<T>& wkv, const wkv7:
   if (saved.every() > max_every)
     throw shape_error(std::string(context) + ": a record every " + std::to_string(saved.every()) +
                       " tokens; the encoder takes at most " + std::to_string(max_every));
+  // A record left by an earlier call of the same shape (a chunk whose wkv7::sequence was
+  // skipped) passes the checks above. Its first removal, u_0 = S_0 a_0 with S_0 the first
+  // recorded state, then disagrees with this call's a_0: checked for the first (batch, head)
+  // (N² multiply-adds a call), against a bound far above the rounding of the two products.
+  const index_t N = shape[3];
+  if (shape[0] == 0 || shape[1] == 0 || shape[2] == 0) return;
+  const S* s0 = saved.states();  // transposed: column j contiguous
+  const S* u0 = saved.removal();
+  const T* a0 = wkv.a.at(0, 0, 0);
+  for (index_t i = 0; i < N; ++i) {
+    S sum = 0, magnitude = 0;
+    for (index_t j = 0; j < N; ++j) {
+      const S term = s0[j * N + i] * static_cast<S>(a0[j]);
+      sum += term;
+      magnitude += std::abs(term);
+    }
+    if (std::isfinite(sum) && !(std::abs(sum - u0[i]) <= S(1e-4) * magnitude))  // (NaN inputs: not this check's)
+      throw value_error(std::string(context) +
+                        ": the record does not belong to these inputs (its u_0 = S_0 a_0 disagrees with this call's "
+                        "a at batch row 0, head 0); wkv7::sequence must fill it on the same inputs");
+  }
 }
 
 /// The work of `encode_recorded` (Fused false: e written to `e`) and of `evolve_recorded`
