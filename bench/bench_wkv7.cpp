@@ -1,6 +1,7 @@
 // WKV-7 op benchmarks: every backend, static and dynamic head size, 1 and 2 threads.
 #include <metastate/metastate.hpp>
 
+#include <chrono>
 #include <string>
 
 #include "calibration.hpp"
@@ -12,16 +13,48 @@ namespace {
 
 using bench::workload;
 
+/// Runs `call(threads)` once per iteration. With more than one thread the same call on one
+/// thread runs before it in every iteration, untimed (the entry's time is the threads' call,
+/// by manual timing), and `speedup` reports the one-thread time over the threads' time from
+/// the two interleaved: a shared machine's slow phases then hit both alike.
+template <class Call>
+void against_one_thread(benchmark::State& st, int threads, Call&& call) {
+  using clock = std::chrono::steady_clock;
+  double one_seconds = 0, many_seconds = 0;
+  for (auto _ : st) {
+    if (threads == 1) {
+      call(1);
+      benchmark::ClobberMemory();
+      continue;
+    }
+    const auto t0 = clock::now();
+    call(1);
+    benchmark::ClobberMemory();
+    const auto t1 = clock::now();
+    call(threads);
+    benchmark::ClobberMemory();
+    const auto t2 = clock::now();
+    one_seconds += std::chrono::duration<double>(t1 - t0).count();
+    many_seconds += std::chrono::duration<double>(t2 - t1).count();
+    st.SetIterationTime(std::chrono::duration<double>(t2 - t1).count());
+  }
+  if (threads > 1) st.counters["speedup"] = one_seconds / many_seconds;
+}
+
+/// Real time for one thread, the threads' own (manual) time beside one thread's otherwise.
+benchmark::internal::Benchmark* timed(benchmark::internal::Benchmark* b, int threads) {
+  return threads == 1 ? b->UseRealTime() : b->UseManualTime();
+}
+
 template <int N, class Backend>
 void wkv7_sequence(benchmark::State& st, int H, int T, int threads) {
   workload x(T, H, 64);
-  ms::wkv7::options opt;
-  opt.exec.threads = threads;
-  for (auto _ : st) {
+  against_one_thread(st, threads, [&](int use) {
+    ms::wkv7::options opt;
+    opt.exec.threads = use;
     ms::wkv7::sequence<N, Backend>(x.inputs(T), ms::state_view<float>(x.state.data(), 1, H, 64),
                                    ms::sequence_view<float>(x.y.data(), 1, T, H, 64), opt);
-    benchmark::ClobberMemory();
-  }
+  });
   bench::set_throughput_counters(st, T, 8.0 * 64 * 64 * H * T, threads);
 }
 
@@ -31,14 +64,13 @@ void wkv7_sequence_two_rows(benchmark::State& st, int T, int threads) {
   workload x(2 * T, 1, 64);  // [1, 2T, 1, 64] read as [2, T, 1, 64]
   ms::aligned_vector<float> state(2 * 64 * 64, 0.01f);
   auto view = [&](const ms::aligned_vector<float>& v) { return ms::sequence_view<const float>(v.data(), 2, T, 1, 64); };
-  ms::wkv7::options opt;
-  opt.exec.threads = threads;
-  for (auto _ : st) {
+  against_one_thread(st, threads, [&](int use) {
+    ms::wkv7::options opt;
+    opt.exec.threads = use;
     ms::wkv7::sequence<64>({view(x.r), view(x.w), view(x.k), view(x.v), view(x.a), view(x.b)},
                            ms::state_view<float>(state.data(), 2, 1, 64),
                            ms::sequence_view<float>(x.y.data(), 2, T, 1, 64), opt);
-    benchmark::ClobberMemory();
-  }
+  });
   bench::set_throughput_counters(st, 2.0 * T, 8.0 * 64 * 64 * 2 * T, threads);
 }
 
@@ -65,10 +97,10 @@ void register_backend(const std::string& name) {
         const std::string th = "/threads:" + std::to_string(threads);
         auto seq = is_static ? wkv7_sequence<64, Backend> : wkv7_sequence<ms::dynamic, Backend>;
         auto step = is_static ? wkv7_step<64, Backend> : wkv7_step<ms::dynamic, Backend>;
-        benchmark::RegisterBenchmark(("wkv7_sequence/" + name + "/" + n + tail + "/T:4096" + th).c_str(), seq, H,
-                                     4096, threads)
-            ->Unit(benchmark::kMillisecond)
-            ->UseRealTime();
+        timed(benchmark::RegisterBenchmark(("wkv7_sequence/" + name + "/" + n + tail + "/T:4096" + th).c_str(), seq,
+                                           H, 4096, threads),
+              threads)
+            ->Unit(benchmark::kMillisecond);
         benchmark::RegisterBenchmark(("wkv7_step/" + name + "/" + n + tail + th).c_str(), step, H, threads)
             ->Unit(benchmark::kMicrosecond)
             ->UseRealTime();
@@ -78,16 +110,18 @@ void register_backend(const std::string& name) {
 const bool registered = [] {
   for (int threads : {1, 2})
     for (int H : {2})
-      benchmark::RegisterBenchmark(("wkv7_sequence/simd/N:64/H:" + std::to_string(H) + "/B:1/T:4096/threads:" +
-                                    std::to_string(threads)).c_str(),
-                                   wkv7_sequence<64, ms::backend::simd<>>, H, 4096, threads)
-          ->Unit(benchmark::kMillisecond)
-          ->UseRealTime();
+      timed(benchmark::RegisterBenchmark(("wkv7_sequence/simd/N:64/H:" + std::to_string(H) +
+                                          "/B:1/T:4096/threads:" + std::to_string(threads))
+                                             .c_str(),
+                                         wkv7_sequence<64, ms::backend::simd<>>, H, 4096, threads),
+            threads)
+          ->Unit(benchmark::kMillisecond);
   for (int threads : {1, 2})
-    benchmark::RegisterBenchmark(("wkv7_sequence/simd/N:64/H:1/B:2/T:4096/threads:" + std::to_string(threads)).c_str(),
-                                 wkv7_sequence_two_rows, 4096, threads)
-        ->Unit(benchmark::kMillisecond)
-        ->UseRealTime();
+    timed(benchmark::RegisterBenchmark(
+              ("wkv7_sequence/simd/N:64/H:1/B:2/T:4096/threads:" + std::to_string(threads)).c_str(),
+              wkv7_sequence_two_rows, 4096, threads),
+          threads)
+        ->Unit(benchmark::kMillisecond);
   register_backend<ms::backend::scalar>("scalar");
   register_backend<ms::backend::eigen>("eigen");
   register_backend<ms::backend::simd<>>("simd");
