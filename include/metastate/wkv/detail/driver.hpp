@@ -216,6 +216,17 @@ std::size_t unit_scratch_size(const P&, const unit&, long) {
   return 0;
 }
 
+/// Whether `Unit` asks threads on inputs beyond the caches to split every head's rows rather
+/// than the heads (`Unit::split_rows_beyond_caches`; see `run_units`), or not.
+template <class Unit>
+constexpr auto splits_rows_beyond_caches(int) -> decltype(bool(Unit::split_rows_beyond_caches)) {
+  return Unit::split_rows_beyond_caches;
+}
+template <class Unit>
+constexpr bool splits_rows_beyond_caches(long) {
+  return false;
+}
+
 /// Per-thread scratch that outlives a call: a model's prefill calls the op once per chunk,
 /// and allocating (and zeroing, and, past glibc's trim threshold, page-faulting) the units'
 /// buffers at every call cost up to a sixth of its time (docs/PERFORMANCE.md). Cache-line
@@ -260,12 +271,13 @@ void run_units(const problem<T, A>& p, const exec_policy& policy, int granularit
   const double input_bytes = 6.0 * sizeof(T) * p.in.r.size();
   // Inputs larger than the caches are read token by token (`block` below), whole rows in
   // order, which the hardware prefetchers follow. Threads splitting a batch row's heads would
-  // each read pieces of every row, which they follow poorly (two threads on 12 heads scaled
-  // 1.74-1.84x against 1.92-1.97x with every head's rows split, ad hoc, AVX2); so there the
-  // threads split every head's rows instead and each reads whole rows. Threads with whole
-  // batch rows of their own keep whole heads (B = 2, H = 1: 2.06x against 1.90x).
-  const bool split_every_head =
-      threads > 1 && items >= threads && input_bytes / threads > blocked_max_input_bytes && p.batch % threads != 0;
+  // each read pieces of every row, which they follow poorly (simd: two threads on 12 heads
+  // scaled 1.74-1.87x against 1.92-1.97x with every head's rows split, ad hoc, AVX2); so
+  // there units that ask for it have the threads split every head's rows, and each thread
+  // reads whole rows. Threads with whole batch rows of their own keep whole heads (B = 2,
+  // H = 1: 2.06x against 1.90x).
+  const bool split_every_head = splits_rows_beyond_caches<Unit>(0) && threads > 1 && items >= threads &&
+                                input_bytes / threads > blocked_max_input_bytes && p.batch % threads != 0;
   const int parts = split_every_head     ? std::min(threads, row_groups)
                     : items >= threads ? 1
                                        : std::min<int>(row_groups, (threads + items - 1) / items);
