@@ -41,7 +41,9 @@ void layer_chunks(benchmark::State& st, int H, int T, int chunk, int every, bool
   auto at = [&](const ms::aligned_vector<float>& v, int tokens) {
     return ms::sequence_view<const float>(v.data(), 1, tokens, H, 64);
   };
-  auto out = [&](ms::aligned_vector<float>& v, int tokens) { return ms::sequence_view<float>(v.data(), 1, tokens, H, 64); };
+  auto out = [&](ms::aligned_vector<float>& v, int tokens) {
+    return ms::sequence_view<float>(v.data(), 1, tokens, H, 64);
+  };
   auto inputs = [&](int tokens) {
     return ms::wkv7::inputs<float>{at(x.r, tokens), at(x.w, tokens), at(x.k, tokens),
                                    at(x.v, tokens), at(x.a, tokens), at(x.b, tokens)};

@@ -414,7 +414,8 @@ void recorded_pass(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, seq
   // after its encoder pieces and the block's a, ã, 1/P, e/P rows and next block's a.
   auto m_working = [&](S* buffer) { return buffer + encoder_scratch + 4 * every * np + np; };
 
-  auto run_unit = [&](index_t unit, S* buffer, const S** rows) {
+  // `next_unit`: the thread's next unit, or -1.
+  auto run_unit = [&](index_t unit, index_t next_unit, S* buffer, const S** rows) {
     // Sizes as locals: the vector stores (may-alias types) would otherwise force reloads of
     // captured references inside the inner loops.
     const index_t nn = n, npad = np, epad = ep, b = unit / blocks / H, h = unit / blocks % H, block = unit % blocks,
@@ -508,7 +509,7 @@ void recorded_pass(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, seq
       if (next >= 0) as_accum(wkv.a, b, next, h, 1, &a_next, a_following, false, S(0));
       // The next unit's input rows, u rows and recorded state, a share at each token, where
       // they come from beyond L2 (see `prefetch_min_bytes`).
-      const index_t ahead = prefetch && unit + 1 < units ? unit + 1 : -1;
+      const index_t ahead = prefetch ? next_unit : -1;
       const char* ahead_rows[7] = {};
       const char* ahead_state = nullptr;
       index_t ahead_m = 0;
@@ -581,13 +582,13 @@ void recorded_pass(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, seq
           as_accum(wkv.a, b, 0, h, 1, &a0, u + np, false, S(0));  // (the readout row as the copy)
           column_product<batch>(X, np, a0, u);
         }
-        run_unit(unit, buffer, rows);
+        run_unit(unit, unit + 1 < last ? unit + 1 : -1, buffer, rows);
         if (unit % blocks == blocks - 1) {  // the head's last block: M back
           const index_t b = unit / blocks / H, h = unit / blocks % H;
           wkv7::detail::transpose(X, np, n, n, m.at(b, h), n);
         }
       } else {
-        run_unit(unit, buffer, rows);
+        run_unit(unit, unit + 1 < last ? unit + 1 : -1, buffer, rows);
       }
     }
   };
