@@ -4,7 +4,6 @@
 #include <metastate/metastate.hpp>
 
 #include <algorithm>
-#include <chrono>
 #include <string>
 #include <utility>
 
@@ -22,9 +21,9 @@ using bench::workload;
 /// WKV-7 op recorded every `every` tokens, `evolve_recorded` (the encoder and the Meta-State
 /// recurrence with its readout in one pass, as the model runs them); with `every` = 0 the
 /// replay encoder, then `evolve`. Both count the WKV-7 op's flop, so tokens/s compare
-/// directly. A Meta-State entry also runs the baseline in every iteration, untimed, and
-/// reports `over_wkv7`: the Meta-State layer's cost over the WKV-7 op's, from the two
-/// interleaved (a shared machine's slow phases then hit both alike).
+/// directly. A Meta-State entry also runs the baseline in every iteration
+/// (`bench::interleaved`) and reports `over_wkv7`: the Meta-State layer's cost over the
+/// WKV-7 op's.
 /// Every chunk reads the same chunk-sized inputs, which stay in the caches: in the model the
 /// projections have just written them (inputs streamed from memory slowed the baseline
 /// alone, by a third at H = 12, and flattered the ratio).
@@ -54,17 +53,7 @@ void layer_chunks(benchmark::State& st, int H, int T, int chunk, int every, bool
       ms::wkv7::sequence<N, Backend>(inputs(Tc), ms::state_view<float>(state.data(), 1, H, 64), out(y, Tc), opt);
     }
   };
-  using clock = std::chrono::steady_clock;
-  double baseline_seconds = 0, layer_seconds = 0;
-  for (auto _ : st) {
-    if (!meta) {
-      wkv7_alone(x.state);
-      benchmark::ClobberMemory();
-      continue;
-    }
-    const auto t0 = clock::now();
-    wkv7_alone(baseline_state);
-    const auto t1 = clock::now();
+  auto layer = [&] {
     for (int c0 = 0; c0 < T; c0 += chunk) {
       const int Tc = std::min(chunk, T - c0);
       const auto in = inputs(Tc);
@@ -80,14 +69,16 @@ void layer_chunks(benchmark::State& st, int H, int T, int chunk, int every, bool
       ms::meta_state::evolve<N, Backend>(in.w, in.a, in.b, ms::sequence_view<const float>(out(e, Tc)), at(x.r, Tc),
                                          m_view, out(o, Tc), ws, opt);
     }
-    benchmark::ClobberMemory();
-    const auto t2 = clock::now();
-    baseline_seconds += std::chrono::duration<double>(t1 - t0).count();
-    layer_seconds += std::chrono::duration<double>(t2 - t1).count();
-    st.SetIterationTime(std::chrono::duration<double>(t2 - t1).count());
+  };
+  if (meta) {
+    st.counters["over_wkv7"] = 1 / bench::interleaved(st, [&] { wkv7_alone(baseline_state); }, layer) - 1;
+  } else {
+    for (auto _ : st) {
+      wkv7_alone(x.state);
+      benchmark::ClobberMemory();
+    }
   }
   bench::set_throughput_counters(st, T, 8.0 * 64 * 64 * H * T, threads);
-  if (meta) st.counters["over_wkv7"] = layer_seconds / baseline_seconds - 1;
 }
 
 /// One decoding token: the encoder reads the WKV state directly, then one Meta-State step.
@@ -119,15 +110,12 @@ void register_backend(const std::string& name) {
       for (const auto& [what, every] : {std::pair{"wkv7", 0}, std::pair{"meta_state", 0}, std::pair{"meta_state", 8},
                                         std::pair{"meta_state", 16}}) {
         const bool meta = what[0] == 'm';
-        auto* b = benchmark::RegisterBenchmark(("layer_chunks/" + std::string(what) + "/" + name + tail +
-                                                "/T:4096/chunk:128/record:" + std::to_string(every) + th)
-                                                   .c_str(),
-                                               layer_chunks<64, Backend>, H, 4096, 128, every, meta, threads)
-                      ->Unit(benchmark::kMillisecond);
-        if (meta)
-          b->UseManualTime();  // the Meta-State layer's time, without the interleaved baseline
-        else
-          b->UseRealTime();
+        bench::timed(benchmark::RegisterBenchmark(("layer_chunks/" + std::string(what) + "/" + name + tail +
+                                                   "/T:4096/chunk:128/record:" + std::to_string(every) + th)
+                                                      .c_str(),
+                                                  layer_chunks<64, Backend>, H, 4096, 128, every, meta, threads),
+                     meta)
+            ->Unit(benchmark::kMillisecond);
       }
       benchmark::RegisterBenchmark(("meta_state_step/" + name + tail + th).c_str(), meta_state_step<64, Backend>, H,
                                    threads)

@@ -1,7 +1,6 @@
 // WKV-7 op benchmarks: every backend, static and dynamic head size, 1 and 2 threads.
 #include <metastate/metastate.hpp>
 
-#include <chrono>
 #include <string>
 
 #include "calibration.hpp"
@@ -14,36 +13,18 @@ namespace {
 using bench::workload;
 
 /// Runs `call(threads)` once per iteration. With more than one thread the same call on one
-/// thread runs before it in every iteration, untimed (the entry's time is the threads' call,
-/// by manual timing), and `speedup` reports the one-thread time over the threads' time from
-/// the two interleaved: a shared machine's slow phases then hit both alike.
+/// thread runs before it in every iteration (`bench::interleaved`) and `speedup` reports the
+/// one-thread time over the threads' time.
 template <class Call>
 void against_one_thread(benchmark::State& st, int threads, Call&& call) {
-  using clock = std::chrono::steady_clock;
-  double one_seconds = 0, many_seconds = 0;
+  if (threads > 1) {
+    st.counters["speedup"] = bench::interleaved(st, [&] { call(1); }, [&] { call(threads); });
+    return;
+  }
   for (auto _ : st) {
-    if (threads == 1) {
-      call(1);
-      benchmark::ClobberMemory();
-      continue;
-    }
-    const auto t0 = clock::now();
     call(1);
     benchmark::ClobberMemory();
-    const auto t1 = clock::now();
-    call(threads);
-    benchmark::ClobberMemory();
-    const auto t2 = clock::now();
-    one_seconds += std::chrono::duration<double>(t1 - t0).count();
-    many_seconds += std::chrono::duration<double>(t2 - t1).count();
-    st.SetIterationTime(std::chrono::duration<double>(t2 - t1).count());
   }
-  if (threads > 1) st.counters["speedup"] = one_seconds / many_seconds;
-}
-
-/// Real time for one thread, the threads' own (manual) time beside one thread's otherwise.
-benchmark::internal::Benchmark* timed(benchmark::internal::Benchmark* b, int threads) {
-  return threads == 1 ? b->UseRealTime() : b->UseManualTime();
 }
 
 template <int N, class Backend>
@@ -97,9 +78,9 @@ void register_backend(const std::string& name) {
         const std::string th = "/threads:" + std::to_string(threads);
         auto seq = is_static ? wkv7_sequence<64, Backend> : wkv7_sequence<ms::dynamic, Backend>;
         auto step = is_static ? wkv7_step<64, Backend> : wkv7_step<ms::dynamic, Backend>;
-        timed(benchmark::RegisterBenchmark(("wkv7_sequence/" + name + "/" + n + tail + "/T:4096" + th).c_str(), seq,
+        bench::timed(benchmark::RegisterBenchmark(("wkv7_sequence/" + name + "/" + n + tail + "/T:4096" + th).c_str(), seq,
                                            H, 4096, threads),
-              threads)
+              threads > 1)
             ->Unit(benchmark::kMillisecond);
         benchmark::RegisterBenchmark(("wkv7_step/" + name + "/" + n + tail + th).c_str(), step, H, threads)
             ->Unit(benchmark::kMicrosecond)
@@ -110,17 +91,17 @@ void register_backend(const std::string& name) {
 const bool registered = [] {
   for (int threads : {1, 2})
     for (int H : {2})
-      timed(benchmark::RegisterBenchmark(("wkv7_sequence/simd/N:64/H:" + std::to_string(H) +
+      bench::timed(benchmark::RegisterBenchmark(("wkv7_sequence/simd/N:64/H:" + std::to_string(H) +
                                           "/B:1/T:4096/threads:" + std::to_string(threads))
                                              .c_str(),
                                          wkv7_sequence<64, ms::backend::simd<>>, H, 4096, threads),
-            threads)
+            threads > 1)
           ->Unit(benchmark::kMillisecond);
   for (int threads : {1, 2})
-    timed(benchmark::RegisterBenchmark(
+    bench::timed(benchmark::RegisterBenchmark(
               ("wkv7_sequence/simd/N:64/H:1/B:2/T:4096/threads:" + std::to_string(threads)).c_str(),
               wkv7_sequence_two_rows, 4096, threads),
-          threads)
+          threads > 1)
         ->Unit(benchmark::kMillisecond);
   register_backend<ms::backend::scalar>("scalar");
   register_backend<ms::backend::eigen>("eigen");
