@@ -136,13 +136,16 @@ TEST_CASE("encode_recorded and evolve_recorded split their work over threads cor
   // two threads split its blocks (evolve_recorded: then split M's rows). Three heads: each
   // thread takes whole heads, unevenly. Four heads of 301 tokens: each thread's share of the
   // inputs and record is over `prefetch_min_bytes`, so the fused pass prefetches each next
-  // unit's (the last block short), in float and in bfloat16.
+  // unit's (the last block short: its tokens list more lines than their sweeps have columns),
+  // in float and in bfloat16; of 289 tokens, the last block's one token has a share too large
+  // to list.
   for (int threads : {1, 2}) {
     check_meta_state_ops<64, ms::backend::default_backend>(64, 64, 70, 16, 0, 1, 1, threads);
     check_meta_state_ops<64, ms::backend::default_backend>(64, 64, 70, 16, 0, 1, 3, threads);
     check_meta_state_ops<64, ms::backend::default_backend>(64, 64, 70, 16, 0, 3, 1, threads);
     check_meta_state_ops<64, ms::backend::default_backend>(64, 64, 301, 16, 0, 1, 4, threads);
     check_meta_state_ops<64, ms::backend::default_backend, Eigen::bfloat16>(64, 64, 301, 16, 0, 1, 4, threads);
+    check_meta_state_ops<64, ms::backend::default_backend>(64, 64, 289, 16, 0, 1, 4, threads);
   }
 }
 

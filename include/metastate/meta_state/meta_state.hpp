@@ -222,10 +222,12 @@ enum class column_factor { none, before_update, after_readout };
 /// at X + j·np), rows [i0, i0 + R·L):
 ///   X[:,j] ← X[:,j] (∘ f[j] before) + u·b[j] + e·k[j];  o = X q;  (X[:,j] ← X[:,j] ∘ f[j] after);
 ///   u ← X a (the next u).
+/// Column j < ahead_count also prefetches the cache line at ahead[j].
 /// The Meta-State recurrence in its deferred form or plain (see `column_factor`).
 template <int R, column_factor F, class Batch, class S>
 METASTATE_ALWAYS_INLINE void recurrence_rows(S* X, index_t np, index_t i0, const S* f, const S* b, const S* k,
-                                             const S* q, const S* a, S* u, const S* e, S* o) {
+                                             const S* q, const S* a, S* u, const S* e, S* o,
+                                             const char* const* ahead, index_t ahead_count) {
   constexpr index_t L = static_cast<index_t>(Batch::size);
   Batch uu[R], ee[R], out[R], next[R];
   for (int r = 0; r < R; ++r) {
@@ -235,6 +237,7 @@ METASTATE_ALWAYS_INLINE void recurrence_rows(S* X, index_t np, index_t i0, const
   }
   S* col = X + i0;
   for (index_t j = 0; j < np; ++j, col += np) {
+    if (j < ahead_count) __builtin_prefetch(ahead[j], 0, 3);
     const Batch bj(b[j]), kj(k[j]), qj(q[j]), aj(a[j]);
     for (int r = 0; r < R; ++r) {
       Batch x = Batch::load_aligned(col + r * L);
@@ -253,16 +256,18 @@ METASTATE_ALWAYS_INLINE void recurrence_rows(S* X, index_t np, index_t i0, const
   }
 }
 
-/// `recurrence_rows` over all np rows: blocks of 4 vectors, then single vectors. (With 16
-/// registers the row vectors of u and e become memory operands; 2-vector blocks, which fit,
-/// measured no faster on AVX2, ad hoc.)
+/// `recurrence_rows` over all np rows: blocks of 4 vectors, then single vectors (the first
+/// block's columns prefetch `ahead`). (With 16 registers the row vectors of u and e become
+/// memory operands; 2-vector blocks, which fit, measured no faster on AVX2, ad hoc.)
 template <column_factor F, class Batch, class S>
 void recurrence_token(S* X, index_t np, const S* f, const S* b, const S* k, const S* q, const S* a, S* u,
-                      const S* e, S* o) {
+                      const S* e, S* o, const char* const* ahead, index_t ahead_count) {
   constexpr index_t L = static_cast<index_t>(Batch::size), R = 4;
   index_t i = 0;
-  for (; i + R * L <= np; i += R * L) recurrence_rows<R, F, Batch>(X, np, i, f, b, k, q, a, u, e, o);
-  for (; i < np; i += L) recurrence_rows<1, F, Batch>(X, np, i, f, b, k, q, a, u, e, o);
+  for (; i + R * L <= np; i += R * L, ahead_count = 0)
+    recurrence_rows<R, F, Batch>(X, np, i, f, b, k, q, a, u, e, o, ahead, ahead_count);
+  for (; i < np; i += L, ahead_count = 0)
+    recurrence_rows<1, F, Batch>(X, np, i, f, b, k, q, a, u, e, o, ahead, ahead_count);
 }
 
 /// u = X a.
@@ -286,6 +291,9 @@ void column_product(const S* X, index_t np, const S* a, S* u) {
 /// 1.07x, two threads on 12 heads 1.02x (in one process, AVX2); 1 or 2 heads, whose chunks
 /// stay in L2, ran 1.01-1.02x slower with it.
 inline constexpr double prefetch_min_bytes = 1 << 20;
+
+/// The most of those lines a token lists for its sweep.
+inline constexpr index_t max_listed_lines = 256;
 
 /// The checks `encode_recorded` and `evolve_recorded` share: shapes, data, and a record
 /// filled by a call of this shape and decay input, on these inputs (as far as its first
@@ -340,8 +348,8 @@ void check_recorded(const char* context, const wkv7::inputs<T>& wkv, const wkv7:
         magnitude[i] += std::abs(term);
       }
     }
-    for (index_t i = 0; i < g; ++i)
-      if (std::isfinite(sum[i]) && !(std::abs(sum[i] - u0[i0 + i]) <= S(1e-4) * magnitude[i]))  // (NaN: not this check's)
+    for (index_t i = 0; i < g; ++i)  // (NaN inputs: not this check's)
+      if (std::isfinite(sum[i]) && !(std::abs(sum[i] - u0[i0 + i]) <= S(1e-4) * magnitude[i]))
         throw value_error(std::string(context) +
                           ": the record does not belong to these inputs (its u_0 = S_0 a_0 disagrees with this "
                           "call's a at batch row 0, head 0); wkv7::sequence must fill it on the same inputs");
@@ -530,18 +538,39 @@ void recorded_pass(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, seq
         ahead_rows[6] = reinterpret_cast<const char*>(saved.removal() + ((ab * T_ + ac) * H + ah) * N);
         ahead_state = reinterpret_cast<const char*>(saved.states() + ((ablock * B + ab) * H + ah) * N * N);
       }
-      const index_t in_stride = H * N * index_t(sizeof(T)), in_bytes = N * index_t(sizeof(T)),
-                    u_stride = H * N * index_t(sizeof(S)), u_bytes = N * index_t(sizeof(S)),
+      const index_t in_stride = H * N * index_t(sizeof(T)), in_lines = (N * index_t(sizeof(T)) + 63) / 64,
+                    u_stride = H * N * index_t(sizeof(S)), u_lines = (N * index_t(sizeof(S)) + 63) / 64,
                     state_lines = (N * N * index_t(sizeof(S)) + 63) / 64;
+      // A token's share of those lines goes to its sweep, one line per column, as far as the
+      // sweep has columns (issued at once they had cost 1.02-1.04x the layer's time at
+      // H = 12, 1.05x at H = 32, ad hoc); the rest, and a share too large to list, at once.
+      const char* lines[max_listed_lines];
       for (index_t t = 0; t < m_; ++t) {
+        index_t count = 0;
         if (ahead >= 0) {
-          for (index_t tau = ahead_m * t / m_; tau < ahead_m * (t + 1) / m_; ++tau) {
+          const index_t tau0 = ahead_m * t / m_, tau1 = ahead_m * (t + 1) / m_, l0 = state_lines * t / m_,
+                        l1 = state_lines * (t + 1) / m_;
+          const bool listed = (tau1 - tau0) * (6 * in_lines + u_lines) + (l1 - l0) <= max_listed_lines;
+          for (index_t tau = tau0; tau < tau1; ++tau) {
             for (int q = 0; q < 6; ++q)
-              for (index_t l = 0; l < in_bytes; l += 64) __builtin_prefetch(ahead_rows[q] + tau * in_stride + l, 0, 3);
-            for (index_t l = 0; l < u_bytes; l += 64) __builtin_prefetch(ahead_rows[6] + tau * u_stride + l, 0, 3);
+              for (index_t l = 0; l < in_lines; ++l)
+                if (listed)
+                  lines[count++] = ahead_rows[q] + tau * in_stride + l * 64;
+                else
+                  __builtin_prefetch(ahead_rows[q] + tau * in_stride + l * 64, 0, 3);
+            for (index_t l = 0; l < u_lines; ++l)
+              if (listed)
+                lines[count++] = ahead_rows[6] + tau * u_stride + l * 64;
+              else
+                __builtin_prefetch(ahead_rows[6] + tau * u_stride + l * 64, 0, 3);
           }
-          for (index_t l = state_lines * t / m_; l < state_lines * (t + 1) / m_; ++l)
-            __builtin_prefetch(ahead_state + l * 64, 0, 3);
+          for (index_t l = l0; l < l1; ++l)
+            if (listed)
+              lines[count++] = ahead_state + l * 64;
+            else
+              __builtin_prefetch(ahead_state + l * 64, 0, 3);
+          for (index_t l = npad; l < count; ++l) __builtin_prefetch(lines[l], 0, 3);
+          count = std::min(count, npad);
         }
         S* et = row(out, t);
         std::fill(et + nn, et + npad, S(0));
@@ -558,13 +587,15 @@ void recorded_pass(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, seq
             (batch::load_unaligned(et + j) * batch::load_unaligned(row(inverse_rows, t) + j)).store_unaligned(ept + j);
           if (last)  // X back to M (times P) in the same sweep; the next u from M (unused after the last block)
             recurrence_token<column_factor::after_readout, batch>(X, npad, P, row(bk_rows, 2 * t), ept, z + t * inner,
-                                                                  a_next ? a_next : P, u, et, readout);
+                                                                  a_next ? a_next : P, u, et, readout, lines, count);
           else
             recurrence_token<column_factor::none, batch>(X, npad, static_cast<const S*>(nullptr), row(bk_rows, 2 * t),
-                                                         ept, z + t * inner, row(a_tilde, t + 1), u, et, readout);
+                                                         ept, z + t * inner, row(a_tilde, t + 1), u, et, readout, lines,
+                                                         count);
         } else {
-          recurrence_token<column_factor::before_update, batch>(
-              X, npad, wr[t], br[t], et, xr[t], last ? (a_next ? a_next : xr[t]) : ar[t + 1], u, et, readout);
+          recurrence_token<column_factor::before_update, batch>(X, npad, wr[t], br[t], et, xr[t],
+                                                                last ? (a_next ? a_next : xr[t]) : ar[t + 1], u, et,
+                                                                readout, lines, count);
         }
         if (readout == o_row)
           for (index_t i = 0; i < nn; ++i) ot[i] = static_cast<T>(o_row[i]);
