@@ -542,8 +542,9 @@ void recorded_pass(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, seq
                     u_stride = H * N * index_t(sizeof(S)), u_lines = (N * index_t(sizeof(S)) + 63) / 64,
                     state_lines = (N * N * index_t(sizeof(S)) + 63) / 64;
       // A token's share of those lines goes to its sweep, one line per column, as far as the
-      // sweep has columns (issued at once they had cost 1.02-1.04x the layer's time at
-      // H = 12, 1.05x at H = 32, ad hoc); the rest, and a share too large to list, at once.
+      // sweep has columns (issued at once, the layer took 1.01-1.05x as long at H = 12,
+      // median 1.03, and 1.05-1.07x at H = 32, ad hoc); the rest, and a share too large to
+      // list, at once.
       const char* lines[max_listed_lines];
       for (index_t t = 0; t < m_; ++t) {
         index_t count = 0;
