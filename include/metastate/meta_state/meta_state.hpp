@@ -82,7 +82,7 @@ inline constexpr int sums_in_flight = 8;
 /// the accumulators in registers (a small matrix-product kernel; rows are read once per tile).
 /// A tile with fewer than `sums_in_flight` sums spreads its rows over K sets of them, added
 /// at the end: the β tiles of one vector (4 sums) ran at half the rate of the FMAs (the β
-/// product of a 16-token block 69 -> 77 GFLOP/s in L1, ad hoc, AVX2).
+/// product of a 16-token block 72 -> 77 GFLOP/s in L1, medians, ad hoc, AVX2).
 template <int TT, int CV, class Batch, class S>
 void encoder_tile(const S* const* rows, index_t inner, const S* z, index_t z_stride, index_t col, S* out,
                   index_t out_stride) {
