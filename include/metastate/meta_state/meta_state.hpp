@@ -568,24 +568,18 @@ void recorded_pass(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, seq
           const index_t tau0 = ahead_m * t / m_, tau1 = ahead_m * (t + 1) / m_, l0 = state_lines * t / m_,
                         l1 = state_lines * (t + 1) / m_;
           const bool listed = (tau1 - tau0) * (6 * in_lines + u_lines) + (l1 - l0) <= max_listed_lines;
+          auto issue = [&](const char* line) {
+            if (listed)
+              lines[count++] = line;
+            else
+              __builtin_prefetch(line, 0, 3);
+          };
           for (index_t tau = tau0; tau < tau1; ++tau) {
             for (int q = 0; q < 6; ++q)
-              for (index_t l = 0; l < in_lines; ++l)
-                if (listed)
-                  lines[count++] = ahead_rows[q] + tau * in_stride + l * 64;
-                else
-                  __builtin_prefetch(ahead_rows[q] + tau * in_stride + l * 64, 0, 3);
-            for (index_t l = 0; l < u_lines; ++l)
-              if (listed)
-                lines[count++] = ahead_rows[6] + tau * u_stride + l * 64;
-              else
-                __builtin_prefetch(ahead_rows[6] + tau * u_stride + l * 64, 0, 3);
+              for (index_t l = 0; l < in_lines; ++l) issue(ahead_rows[q] + tau * in_stride + l * 64);
+            for (index_t l = 0; l < u_lines; ++l) issue(ahead_rows[6] + tau * u_stride + l * 64);
           }
-          for (index_t l = l0; l < l1; ++l)
-            if (listed)
-              lines[count++] = ahead_state + l * 64;
-            else
-              __builtin_prefetch(ahead_state + l * 64, 0, 3);
+          for (index_t l = l0; l < l1; ++l) issue(ahead_state + l * 64);
           for (index_t l = npad; l < count; ++l) __builtin_prefetch(lines[l], 0, 3);
           count = std::min(count, npad);
         }
