@@ -21,6 +21,16 @@ namespace heap_counter {
 inline std::atomic<bool> counting{false};  ///< count allocations while true
 inline std::atomic<long> allocations{0};
 inline std::atomic<long long> live_bytes{0}, peak_bytes{0};
+/// While positive, every malloc, calloc or memalign of at least this many bytes fails (as
+/// when memory runs out).
+inline std::atomic<std::size_t> fail_from{0};
+
+inline bool fails(std::size_t bytes) {
+  const std::size_t from = fail_from.load();
+  if (from == 0 || bytes < from) return false;
+  errno = ENOMEM;
+  return true;
+}
 
 /// Starts a peak measurement from the bytes live now; returns them.
 inline long long restart_peak() {
@@ -44,15 +54,17 @@ inline void removed(void* p) {
 }  // namespace heap_counter
 
 extern "C" {
-void* malloc(std::size_t size) { return heap_counter::added(__libc_malloc(size)); }
-void* calloc(std::size_t count, std::size_t size) { return heap_counter::added(__libc_calloc(count, size)); }
+void* malloc(std::size_t size) { return heap_counter::fails(size) ? nullptr : heap_counter::added(__libc_malloc(size)); }
+void* calloc(std::size_t count, std::size_t size) {
+  return heap_counter::fails(count * size) ? nullptr : heap_counter::added(__libc_calloc(count, size));
+}
 void* realloc(void* p, std::size_t size) {
   heap_counter::removed(p);
   void* q = __libc_realloc(p, size);
   return heap_counter::added(q ? q : (size > 0 ? p : nullptr));  // a failed realloc keeps p
 }
 void* memalign(std::size_t alignment, std::size_t size) {
-  return heap_counter::added(__libc_memalign(alignment, size));
+  return heap_counter::fails(size) ? nullptr : heap_counter::added(__libc_memalign(alignment, size));
 }
 void* aligned_alloc(std::size_t alignment, std::size_t size) { return memalign(alignment, size); }
 int posix_memalign(void** out, std::size_t alignment, std::size_t size) {

@@ -6,6 +6,7 @@
 #include <metastate/model/rwkv7.hpp>
 
 #include <algorithm>
+#include <new>
 
 #include "heap_counter.hpp"
 #include "model_fixture.hpp"
@@ -96,4 +97,29 @@ TEST_CASE("decoding allocates nothing after the first token (RWKV-7 and Meta-Sta
   mm::forward(w, tokens + 2, 1, state, logits.data(), opt);
   counting = false;
   CHECK(allocations.load() == 0);
+}
+
+TEST_CASE("an allocation that fails on a worker thread reaches the caller as std::bad_alloc") {
+  // Each thread of the simd sequence kernel grows its working buffer to the call's need
+  // inside the parallel region: 128 heads on two threads take 64 units each, 64 x 65 x 64
+  // floats (about 1 MiB), more than any earlier call in this program. Allocations from
+  // 512 KiB up fail; the exception must leave the region on its thread and reach the caller
+  // (escaping the region, it would terminate the program).
+  const auto p = ref::random_problem(1, 16, 128, 64, 5);
+  const harness::stored_inputs<float> in(p);
+  std::vector<float> y(p.seq_size()), state = harness::convert<float>(p.s0);
+  const ms::state_view<float> sv(state.data(), p.B, p.H, p.N);
+  const ms::sequence_view<float> yv(y.data(), p.B, p.T, p.H, p.N);
+  ms::wkv7::options opt;
+  opt.exec.threads = 2;
+  auto run = [&] { ms::wkv7::sequence<64, ms::backend::simd<>>(in.all(), sv, yv, opt); };
+  heap_counter::fail_from = std::size_t(512) << 10;
+  CHECK_THROWS_AS(run(), std::bad_alloc);
+  heap_counter::fail_from = 0;
+  const auto start = harness::convert<float>(p.s0);  // (the failed call left the state unspecified)
+  std::copy(start.begin(), start.end(), state.begin());
+  run();
+  std::vector<double> expected = p.s0;
+  ref::wkv7(p, expected);
+  CHECK(ref::rms_relative(harness::widen(state), expected) <= 1e-6);
 }

@@ -160,6 +160,56 @@ TEST_CASE_TEMPLATE("wkv7 gives identical results on 1 and 2 threads", Backend, s
   }
 }
 
+namespace {
+
+/// y, the final state and the record (every token) of a call on `threads` threads.
+struct threaded_run {
+  std::vector<float> y, state, removal, states;
+};
+
+template <int N, class Backend>
+threaded_run run_on_threads(const ref::wkv_problem& p, int threads) {
+  const harness::stored_inputs<float> in(p);
+  ms::wkv7::options opt;
+  opt.exec.threads = threads;
+  ms::wkv7::record<float> saved(1);
+  threaded_run out{std::vector<float>(p.seq_size()), harness::convert<float>(p.s0), {}, {}};
+  ms::wkv7::sequence<N, Backend>(in.all(), ms::state_view<float>(out.state.data(), p.B, p.H, N),
+                                 ms::sequence_view<float>(out.y.data(), p.B, p.T, p.H, N), opt, saved);
+  out.removal.assign(saved.removal(), saved.removal() + p.seq_size());
+  out.states.assign(saved.states(), saved.states() + ms::wkv7::recorded_states(p.T, 1) * p.state_size());
+  return out;
+}
+
+template <int N, class Backend>
+void check_thread_counts(int B, int T_, int H) {
+  const auto p = ref::random_problem(B, T_, H, N, 29);
+  const auto one = run_on_threads<N, Backend>(p, 1);
+  for (int threads = 3; threads <= 8; ++threads) {
+    CAPTURE(N);
+    CAPTURE(T_);
+    CAPTURE(H);
+    CAPTURE(threads);
+    const auto many = run_on_threads<N, Backend>(p, threads);
+    CHECK(many.y == one.y);
+    CHECK(many.state == one.state);
+    CHECK(many.removal == one.removal);
+    CHECK(many.states == one.states);
+  }
+}
+
+}  // namespace
+
+TEST_CASE_TEMPLATE("wkv7 gives one thread's results on 3 to 8 threads, however the rows divide", Backend, scalar,
+                   eigen, simd, simd8) {
+  // Fewer (batch, head) items than threads: the threads split each state's rows in parts of
+  // whole row groups (8 groups of 8 rows for 6 threads: 4 parts of 2 groups, not 6 parts of
+  // which the last two would hold no rows). T = 3 runs simd's row kernel.
+  check_thread_counts<64, Backend>(1, 64, 1);
+  check_thread_counts<128, Backend>(1, 3, 6);
+  check_thread_counts<128, Backend>(1, 40, 2);
+}
+
 TEST_CASE_TEMPLATE("wkv7 sequence records its removals and every few states (for the Meta-State encoder)",
                    Backend, scalar, eigen, simd, simd8) {
   // B*H = 1 on two threads splits each state's rows; T = 3 is short enough for simd's row kernel.

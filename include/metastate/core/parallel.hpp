@@ -1,6 +1,7 @@
 // OpenMP policy: threads only at the outermost independent axis, never nested, compiled out cleanly.
 #pragma once
 
+#include <exception>
 #include <string>
 
 #include "metastate/core/config.hpp"
@@ -40,7 +41,9 @@ inline int resolve_threads(const exec_policy& policy) {
 /// Runs `work(thread)` for thread = 0 .. threads − 1, in one parallel region (none for one
 /// thread: even a one-thread region costs about a microsecond). OpenMP may start fewer
 /// threads than asked (OMP_THREAD_LIMIT, OMP_DYNAMIC); those it starts then share the
-/// missing ones' work, which would otherwise be left undone.
+/// missing ones' work, which would otherwise be left undone. An exception thrown by `work`
+/// (an allocation that fails) is rethrown after the region, the first one if several are:
+/// leaving a parallel region by an exception terminates the program.
 template <class Work>
 void run_threads(int threads, Work&& work) {
   if (threads == 1) {
@@ -48,8 +51,17 @@ void run_threads(int threads, Work&& work) {
     return;
   }
 #if METASTATE_HAS_OPENMP
+  std::exception_ptr failure;
 #pragma omp parallel num_threads(threads)
-  for (int thread = omp_get_thread_num(); thread < threads; thread += omp_get_num_threads()) work(thread);
+  for (int thread = omp_get_thread_num(); thread < threads; thread += omp_get_num_threads()) {
+    try {
+      work(thread);
+    } catch (...) {
+#pragma omp critical(metastate_run_threads_failure)
+      if (!failure) failure = std::current_exception();
+    }
+  }
+  if (failure) std::rethrow_exception(failure);
 #else
   for (int thread = 0; thread < threads; ++thread) work(thread);
 #endif

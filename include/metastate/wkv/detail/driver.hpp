@@ -141,8 +141,6 @@ class token_loader {
       if (!direct || p.decay != decay_input::w) buf_.resize(static_cast<std::size_t>(n_) * 8);
   }
 
-  int n() const { return n_; }
-
   token load(index_t t) {
     const auto& in = p_.in;
     token tok;
@@ -278,10 +276,13 @@ void run_units(const problem<T, A>& p, const exec_policy& policy, int granularit
   // H = 1: 2.06x against 1.90x).
   const bool split_every_head = splits_rows_beyond_caches<Unit>(0) && threads > 1 && items >= threads &&
                                 input_bytes / threads > blocked_max_input_bytes && p.batch % threads != 0;
-  const int parts = split_every_head     ? std::min(threads, row_groups)
-                    : items >= threads ? 1
-                                       : std::min<int>(row_groups, (threads + items - 1) / items);
-  const int rows_per_part = (row_groups + parts - 1) / parts * granularity;
+  const int wanted = split_every_head     ? std::min(threads, row_groups)
+                     : items >= threads ? 1
+                                        : std::min<int>(row_groups, (threads + items - 1) / items);
+  // As many parts as whole shares of row groups make: 8 groups for 6 threads are 4 parts of 2
+  // (6 parts of 2 would leave the last two empty or reversed).
+  const int groups_per_part = (row_groups + wanted - 1) / wanted, parts = (row_groups + groups_per_part - 1) / groups_per_part;
+  const int rows_per_part = groups_per_part * granularity;
   const index_t units = items * parts;
   if (threads > units) threads = static_cast<int>(units);
 
@@ -290,7 +291,8 @@ void run_units(const problem<T, A>& p, const exec_policy& policy, int granularit
   // are read token by token instead (block = 1): whole rows in order, which the hardware
   // prefetchers follow; one head's slices of a block's rows, they do not.
   const index_t block = input_bytes / threads <= blocked_max_input_bytes ? token_block : 1;
-  // Units are numbered so that each thread's range holds whole heads, or with
+  // Units are numbered so that each thread's range holds whole heads (one part each), parts
+  // of a head's rows that follow each other (fewer items than threads), or with
   // `split_every_head` one part of every head (parts outer).
   auto item_of = [&](index_t u) { return split_every_head ? u % items : u / parts; };
   auto unit_at = [&](index_t u) {
