@@ -191,8 +191,8 @@ TEST_CASE("encode_recorded takes only a record filled by a call of its own shape
   fill(saved, 8, w);
   CHECK_NOTHROW(encode(saved, 8));
   const std::string stale =
-      ": the record does not belong to these inputs (its u_0 = S_0 a_0 disagrees with this call's a at batch row 0, "
-      "head 0); wkv7::sequence must fill it on the same inputs";
+      ": the record was filled on other inputs (their first or last rows differ from this call's); wkv7::sequence "
+      "must fill it on the same inputs";
   CHECK_THROWS_WITH_AS(ms::meta_state::encode_recorded(in.all(1, 8), saved,
                                                        ms::sequence_view<const float>(x.data(), 1, 8, 1, 16),
                                                        ms::sequence_view<float>(e.data(), 1, 8, 1, 16), 16, ws),
@@ -203,6 +203,20 @@ TEST_CASE("encode_recorded takes only a record filled by a call of its own shape
                                                        ms::state_view<float>(m.data(), 1, 1, 16),
                                                        ms::sequence_view<float>(e.data(), 1, 8, 1, 16), 16, ws),
                        ("meta_state::evolve_recorded" + stale).c_str(), ms::value_error);
+  // The same from a zero state, where every recorded u_0 = S_0 a_0 is 0 whatever a_0; and
+  // inputs that differ only in their last token's a.
+  std::fill(state.begin(), state.end(), 0.0f);
+  ms::wkv7::sequence<16>(in.all(1, 8), ms::state_view<float>(state.data(), 1, 1, 16),
+                         ms::sequence_view<float>(y.data(), 1, 8, 1, 16), {}, saved);
+  CHECK_THROWS_WITH_AS(encode(saved, 8), ("meta_state::encode_recorded" + stale).c_str(), ms::value_error);
+  std::vector<float> last_a(in.a.begin(), in.a.begin() + 8 * 16);
+  last_a.back() += 0.5f;
+  auto changed = inputs(8);
+  changed.a = ms::sequence_view<const float>(last_a.data(), 1, 8, 1, 16);
+  fill(saved, 8, w);
+  CHECK_THROWS_WITH_AS(ms::meta_state::encode_recorded(changed, saved, ms::sequence_view<const float>(x.data(), 1, 8, 1, 16),
+                                                       ms::sequence_view<float>(e.data(), 1, 8, 1, 16), 16, ws),
+                       ("meta_state::encode_recorded" + stale).c_str(), ms::value_error);
   ms::wkv7::record<float> nothing(0), too_long(ms::meta_state::max_every + 1);
   fill(nothing, 9, w);
   fill(too_long, 9, w);
@@ -319,6 +333,17 @@ TEST_CASE("meta-state ops check every tensor's shape and name it") {
                                                  xv, ms::state_view<float>(m.data(), 1, 2, N),
                                                  ms::sequence_view<float>(o.data(), 1, T_, 2, N), ws),
                        "meta_state::evolve: tensor 'm' has head size 16, the template head size is 8", ms::shape_error);
+  // Negative extents, named before any buffer is sized from them.
+  const ms::sequence_view<const float> negative_w(in.w.data(), -1, T_, 2, N), negative_x(x.data(), -1, T_, 2, N);
+  const ms::sequence_view<float> negative_o(o.data(), -1, T_, 2, N);
+  CHECK_THROWS_WITH_AS(ms::meta_state::evolve(negative_w, negative_w, negative_w, negative_x, negative_x,
+                                              ms::state_view<float>(m.data(), -1, 2, N), negative_o, ws),
+                       "meta_state::evolve: tensor 'w' has a negative extent [-1,8,2,16]", ms::shape_error);
+  auto negative_in = in.all();
+  negative_in.r = ms::sequence_view<const float>(in.r.data(), 1, T_, -2, N);
+  CHECK_THROWS_WITH_AS(ms::meta_state::encode_sequence(negative_in, ms::state_view<const float>(start.data(), 1, 2, N),
+                                                       xv, ev, N, ws),
+                       "meta_state::encode_sequence: tensor 'r' has a negative extent [1,8,-2,16]", ms::shape_error);
 }
 
 TEST_CASE("meta-state models match the fp64 reference (SPEC §4, §7: 1e-5)") {

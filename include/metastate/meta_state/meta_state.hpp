@@ -193,6 +193,7 @@ void encode_sequence(const wkv7::inputs<T>& wkv, state_view<const S> start, sequ
   static_assert(!detail::is_cuda<Backend> || METASTATE_CUDA_COMPILER,
                 "THE_CUDA_BACKEND_NEEDS_NVCC_AND_THE_METASTATE_CUDA_HEADERS");
   const auto& shape = wkv.r.shape();
+  expect_extents("meta_state::encode_sequence", "r", shape);
   detail::check_sse_dim("meta_state::encode_sequence", n, shape[3]);
   if (N != dynamic)  // (the cuda kernels launch N threads per head whatever the views say)
     expect_shape("meta_state::encode_sequence", "r", shape, std::array<index_t, 4>{shape[0], shape[1], shape[2], N});
@@ -200,6 +201,10 @@ void encode_sequence(const wkv7::inputs<T>& wkv, state_view<const S> start, sequ
                std::array<index_t, 4>{shape[0], shape[2], shape[3], shape[3]});
   expect_shape("meta_state::encode_sequence", "x", x.shape(), shape);
   expect_shape("meta_state::encode_sequence", "e", e.shape(), std::array<index_t, 4>{shape[0], shape[1], shape[2], n});
+  // (The replay below is a WKV-7 call with x̃ as its 'r': these are named here.)
+  detail::expect_data("meta_state::encode_sequence", "x", x);
+  detail::expect_data("meta_state::encode_sequence", "start", start);
+  detail::expect_data("meta_state::encode_sequence", "e", e);
   expect_disjoint("meta_state::encode_sequence", std::array{bytes_of("e", e)},
                   std::array{bytes_of("r", wkv.r), bytes_of("w", wkv.w), bytes_of("k", wkv.k), bytes_of("v", wkv.v),
                              bytes_of("a", wkv.a), bytes_of("b", wkv.b), bytes_of("start", start), bytes_of("x", x)});
@@ -312,8 +317,8 @@ inline constexpr double prefetch_min_bytes = 1 << 20;
 inline constexpr index_t max_listed_lines = 256;
 
 /// The checks `encode_recorded` and `evolve_recorded` share: shapes, data, and a record
-/// filled by a call of this shape and decay input, on these inputs (as far as its first
-/// removal tells: see the end).
+/// filled by a call of this shape and decay input, on these inputs (as far as their
+/// fingerprint tells: see the end).
 template <class T, class S>
 void check_recorded(const char* context, const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved,
                     sequence_view<const T> x, int n, const wkv7::options& opt) {
@@ -341,35 +346,11 @@ void check_recorded(const char* context, const wkv7::inputs<T>& wkv, const wkv7:
     throw shape_error(std::string(context) + ": a record every " + std::to_string(saved.every()) +
                       " tokens; the encoder takes at most " + std::to_string(max_every));
   // A record left by an earlier call of the same shape (a chunk whose wkv7::sequence was
-  // skipped) passes the checks above. Its first removal, u_0 = S_0 a_0 with S_0 the first
-  // recorded state, then disagrees with this call's a_0: checked for the first (batch, head)
-  // (N² multiply-adds a call), against a bound far above the rounding of the two products.
-  const index_t N = shape[3];
-  if (shape[0] == 0 || shape[1] == 0 || shape[2] == 0) return;
-  const S* s0 = saved.states();  // transposed: column j contiguous
-  const S* u0 = saved.removal();
-  const T* a0 = wkv.a.at(0, 0, 0);
-  // Rows in groups, columns outer, so that the sums vectorise (row by row, the scalar
-  // chain cost 0.05 of a 128-token call's WKV-7 op at H = 1, ad hoc).
-  constexpr index_t G = 64;
-  for (index_t i0 = 0; i0 < N; i0 += G) {
-    const index_t g = std::min(G, N - i0);
-    S sum[G] = {}, magnitude[G] = {};
-    for (index_t j = 0; j < N; ++j) {
-      const S aj = static_cast<S>(a0[j]);
-      const S* column = s0 + j * N + i0;
-      for (index_t i = 0; i < g; ++i) {
-        const S term = column[i] * aj;
-        sum[i] += term;
-        magnitude[i] += std::abs(term);
-      }
-    }
-    for (index_t i = 0; i < g; ++i)  // (NaN inputs: not this check's)
-      if (std::isfinite(sum[i]) && !(std::abs(sum[i] - u0[i0 + i]) <= S(1e-4) * magnitude[i]))
-        throw value_error(std::string(context) +
-                          ": the record does not belong to these inputs (its u_0 = S_0 a_0 disagrees with this "
-                          "call's a at batch row 0, head 0); wkv7::sequence must fill it on the same inputs");
-  }
+  // skipped) passes the checks above; the fingerprint of its inputs tells it apart.
+  if (saved.inputs_signature() != wkv7::detail::inputs_signature(wkv))
+    throw value_error(std::string(context) +
+                      ": the record was filled on other inputs (their first or last rows differ from this call's); "
+                      "wkv7::sequence must fill it on the same inputs");
 }
 
 /// The work of `encode_recorded` (Fused false: e written to `e`) and of `evolve_recorded`
@@ -685,7 +666,7 @@ void encode_recorded(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, s
 }
 
 /// Evolution and readout over T tokens: M [B,H,n,n] holds M_0 on entry and M_T on return;
-/// o [B,T,H,n] receives M_t x̃_t[:n]. `transition` gives w, a, b [B,T,H,N] (the layer's own,
+/// o [B,T,H,n] receives M_t x̃_t[:n]. The transition is w, a, b [B,T,H,N] (the layer's own,
 /// first n channels used), `e` is [B,T,H,n], `x` (x̃) is [B,T,H,N].
 template <int Nn = dynamic, class Backend = backend::default_backend, class T, class S>
 void evolve(sequence_view<const T> w, sequence_view<const T> a, sequence_view<const T> b, sequence_view<const T> e,
@@ -693,6 +674,8 @@ void evolve(sequence_view<const T> w, sequence_view<const T> a, sequence_view<co
             const wkv7::options& opt = {}) {
   static_assert(!detail::is_cuda<Backend> || METASTATE_CUDA_COMPILER,
                 "THE_CUDA_BACKEND_NEEDS_NVCC_AND_THE_METASTATE_CUDA_HEADERS");
+  expect_extents("meta_state::evolve", "w", w.shape());
+  expect_extents("meta_state::evolve", "m", m.shape());
   const int n = static_cast<int>(m.head_size());
   detail::check_sse_dim("meta_state::evolve", n, w.head_size());
   if (Nn != dynamic && n != Nn)

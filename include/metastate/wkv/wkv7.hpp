@@ -1,8 +1,11 @@
 // The WKV-7 recurrence (SPEC §2): `step` and `sequence` over [B,T,H,N] inputs and [B,H,N,N] states.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <string>
 #include <type_traits>
 
@@ -22,8 +25,8 @@
 /// The WKV-7 op. Per (batch, head), with `S` the N x N state (row = value index):
 ///   u_t = S_{t-1} a_t;  S_t = S_{t-1} diag(w_t) + u_t b_tᵀ + v_t k_tᵀ;  y_t = S_t r_t.
 ///
-/// Aliasing: the state is the destination and is updated in place; `y` must not overlap the
-/// inputs or the state (checked: overlap_error).
+/// Aliasing: the state is the destination and is updated in place; `y` and the state must
+/// not overlap the inputs or each other (checked: overlap_error).
 /// Inputs are read-only and may share memory.
 namespace metastate::wkv7 {
 
@@ -40,7 +43,41 @@ inline index_t recorded_states(index_t tokens, index_t every) {
 
 namespace detail {
 struct record_access;
+
+/// A fingerprint of the inputs a record depends on (w, k, v, a, b; not r): the bytes of their
+/// rows at (batch 0, token 0, head 0) and at the last batch row, token and head, mixed 64
+/// bits at a time in four independent streams (a few hundred cycles at N = 64, where hashing
+/// byte by byte would take a few % of a one-head 128-token call). A change to those rows
+/// changes it but for chance (2⁻⁶⁴); another chunk of a sequence has other first rows.
+template <class T>
+std::uint64_t inputs_signature(const inputs<T>& in) {
+  const auto& shape = in.r.shape();
+  if (shape[0] <= 0 || shape[1] <= 0 || shape[2] <= 0 || shape[3] <= 0) return 0;
+  constexpr std::uint64_t prime = 1099511628211ull;
+  std::uint64_t lanes[4] = {14695981039346656037ull, 1, 2, 3};
+  const std::size_t bytes = static_cast<std::size_t>(shape[3]) * sizeof(T);
+  auto mix = [&](const T* row) {
+    const auto* from = reinterpret_cast<const unsigned char*>(row);
+    std::size_t i = 0;
+    for (; i + 32 <= bytes; i += 32)
+      for (int k = 0; k < 4; ++k) {
+        std::uint64_t word;
+        std::memcpy(&word, from + i + 8 * k, 8);
+        lanes[k] = (lanes[k] ^ word) * prime;
+      }
+    for (int k = 0; i < bytes; i += 8, ++k) {
+      std::uint64_t word = 0;
+      std::memcpy(&word, from + i, std::min<std::size_t>(8, bytes - i));
+      lanes[k] = (lanes[k] ^ word) * prime;
+    }
+  };
+  for (const auto* view : {&in.w, &in.k, &in.v, &in.a, &in.b}) {
+    mix(view->at(0, 0, 0));
+    mix(view->at(shape[0] - 1, shape[1] - 1, shape[2] - 1));
+  }
+  return lanes[0] ^ (lanes[1] * 3) ^ (lanes[2] * 5) ^ (lanes[3] * 7);
 }
+}  // namespace detail
 
 /// What a `sequence` call leaves behind for the Meta-State encoder
 /// (`meta_state::encode_recorded`, `meta_state::evolve_recorded`), which then never replays
@@ -52,8 +89,9 @@ struct record_access;
 /// - `removal()`: u_t = S_{t−1} a_t of every token, [B,T,H,N].
 /// The record owns that storage, sized by the call that fills it (it only grows, so a model
 /// filling one record per chunk allocates at the first chunk only), and remembers that call's
-/// shape and decay input: the encoder rejects (shape_error) a record filled by no call or by
-/// a call of another shape or decay input. `every` = 0 records nothing. Not offered by the
+/// shape and decay input and a fingerprint of its inputs: the encoder rejects (shape_error)
+/// a record filled by no call or by a call of another shape or decay input, and
+/// (value_error) one filled on other inputs. `every` = 0 records nothing. Not offered by the
 /// cuda backend.
 template <class S>
 class record {
@@ -69,12 +107,15 @@ class record {
   decay_input decay() const { return decay_; }
   const S* states() const { return states_.data(); }
   const S* removal() const { return removal_.data(); }
+  /// The fingerprint of the filling call's inputs (`detail::inputs_signature`).
+  std::uint64_t inputs_signature() const { return signature_; }
 
  private:
   friend struct detail::record_access;
   index_t every_;
   std::array<index_t, 4> shape_{};
   decay_input decay_ = decay_input::w;
+  std::uint64_t signature_ = 0;
   aligned_vector<S> states_, removal_;
 };
 
@@ -82,7 +123,8 @@ namespace detail {
 /// What `sequence` does to a record: sizes its storage for a call and stamps the call on it.
 struct record_access {
   template <class S>
-  static void prepare(record<S>& saved, const std::array<index_t, 4>& shape, decay_input decay) {
+  static void prepare(record<S>& saved, const std::array<index_t, 4>& shape, decay_input decay,
+                      std::uint64_t signature) {
     const index_t B = shape[0], T = shape[1], H = shape[2], N = shape[3];
     if (saved.every_ > 0) {
       const auto states = static_cast<std::size_t>(recorded_states(T, saved.every_) * B * H * N * N),
@@ -92,6 +134,7 @@ struct record_access {
     }
     saved.shape_ = shape;
     saved.decay_ = decay;
+    saved.signature_ = signature;
   }
   template <class S>
   static S* states(record<S>& saved) {
@@ -223,7 +266,7 @@ void checked_run(const char* context, const inputs<T>& in, state_view<S> state, 
     throw shape_error(std::string(context) + ": the cuda backend does not record (record.every must be 0)");
   // Device memory cannot be read here: the cuda backend leaves values unchecked.
   if constexpr (METASTATE_VALIDATE_VALUES && !std::is_same_v<Backend, backend::cuda>) validate_values(in, opt.decay);
-  if (saved) record_access::prepare(*saved, expected, opt.decay);
+  if (saved) record_access::prepare(*saved, expected, opt.decay, inputs_signature(in));
   const problem<T, S> p{in, state, y, opt.decay, shape[0], expected[1], shape[2], static_cast<int>(n),
                         saved ? record_access::states(*saved) : nullptr,
                         saved ? record_access::removal(*saved) : nullptr, every};
