@@ -152,6 +152,26 @@ TEST_CASE("rwkv7 forward rejects null buffers and token counts it cannot run") {
                        "exec.threads must be >= 0 (0: OpenMP's default), got -1", ms::value_error);
 }
 
+#if METASTATE_HAS_OPENMP
+TEST_CASE("rwkv7 forward leaves the threads of Eigen's products to the calling thread's OpenMP setting") {
+  // forward runs its products on opt.exec.threads threads through the calling thread's own
+  // OpenMP setting; fixing Eigen's process-wide count instead (and "restoring" it) raced
+  // with calls on other threads and left Eigen deaf to the program's later settings.
+  const auto w = mm::initialise(fixture::small_config(1, 32, 2, 16, 40), 14, mm::init_kind::random);
+  mm::rwkv7_state s(w.config, 1);
+  const std::vector<std::int64_t> tokens{3, 7};
+  mm::forward_options one;
+  one.exec.threads = 1;
+  one.logits = mm::logits_for::none;
+  const int before = omp_get_max_threads();
+  mm::forward(w, tokens.data(), 2, s, nullptr, one);
+  CHECK(omp_get_max_threads() == before);
+  omp_set_num_threads(before + 1);
+  CHECK(Eigen::nbThreads() == before + 1);
+  omp_set_num_threads(before);
+}
+#endif
+
 TEST_CASE("rwkv7 configs with sizes that cannot run are refused") {
   auto zero_group = fixture::small_config(1, 32, 2, 16, 40);
   zero_group.group_size = 0;

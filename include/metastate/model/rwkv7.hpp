@@ -212,14 +212,31 @@ inline bool same_shape(const rwkv7_config& a, const rwkv7_config& b) {
          a.blocks == b.blocks && (!a.has_meta_state() || a.sse_dim == b.sse_dim);
 }
 
-/// Sets Eigen's GEMM threads for the duration of a call.
-class eigen_threads {
+/// Runs the calling thread's OpenMP regions, Eigen's matrix products among them, on
+/// `threads` threads for the duration of a call. Eigen takes its thread count from the
+/// calling thread's OpenMP setting (unless the program fixed one with Eigen::setNbThreads),
+/// so that setting is changed and restored: calls on other threads keep theirs
+/// (Eigen::setNbThreads is one value for the whole process, which concurrent calls raced on).
+class gemm_threads {
  public:
-  explicit eigen_threads(int threads) : saved_(Eigen::nbThreads()) { Eigen::setNbThreads(threads); }
-  ~eigen_threads() { Eigen::setNbThreads(saved_); }
+  explicit gemm_threads(int threads) {
+#if METASTATE_HAS_OPENMP
+    saved_ = omp_get_max_threads();
+    omp_set_num_threads(threads);
+#else
+    (void)threads;
+#endif
+  }
+  ~gemm_threads() {
+#if METASTATE_HAS_OPENMP
+    omp_set_num_threads(saved_);
+#endif
+  }
+  gemm_threads(const gemm_threads&) = delete;
+  gemm_threads& operator=(const gemm_threads&) = delete;
 
  private:
-  int saved_;
+  int saved_ = 1;
 };
 
 }  // namespace detail
@@ -248,7 +265,7 @@ inline void forward(const rwkv7_weights& w, const std::int64_t* tokens, index_t 
     if (tokens[i] < 0 || tokens[i] >= c.vocab)
       throw value_error("rwkv7 forward: token " + std::to_string(tokens[i]) + " at position " + std::to_string(i) +
                         " is outside the vocabulary [0, " + std::to_string(c.vocab) + ")");
-  detail::eigen_threads threads(resolve_threads(opt.exec));
+  detail::gemm_threads threads(resolve_threads(opt.exec));
   auto& ws = state.work;
   for (index_t t0 = 0; t0 < T; t0 += opt.chunk) {
     const int Tc = static_cast<int>(std::min<index_t>(opt.chunk, T - t0));
