@@ -1,6 +1,8 @@
 // Progressive growth (SPEC §5): exact at the moment of growth, live states, no dead units, masks, refusals.
 #include <doctest/doctest.h>
 
+#include <cmath>
+
 #include <metastate/metastate.hpp>
 #include <metastate/scaling/grow.hpp>
 
@@ -122,6 +124,25 @@ TEST_CASE("no dead units: perturbing each group of new parameters changes the lo
       CHECK(perturbed_change(grown, name, baseline) > 1e-6);
     }
   }
+}
+
+TEST_CASE("growth zeroes the new key rows of existing heads and draws those of new heads (SPEC §5)") {
+  auto w = base_model(cases[2]);  // 4 heads of 16 -> 5 heads of 48
+  auto grown = sc::grow(w, cases[2].g);
+  for (auto& p : mm::parameters(grown))
+    if (p.name == "blocks.1.att.key.weight") {
+      const std::int64_t columns = p.shape.back();
+      REQUIRE(p.shape[0] == 5 * 48);
+      double old_heads_new_rows = 0, new_head = 0;
+      for (std::int64_t row = 0; row < p.shape[0]; ++row)
+        for (std::int64_t c = 0; c < columns; ++c) {
+          const double x = std::abs(p.data[row * columns + c]);
+          if (row / 48 < 4 && row % 48 >= 16) old_heads_new_rows += x;
+          if (row / 48 == 4) new_head += x;
+        }
+      CHECK(old_heads_new_rows == 0);
+      CHECK(new_head > 0);
+    }
 }
 
 TEST_CASE("negative control: with the group size following the head size, growth is NOT exact") {

@@ -107,10 +107,10 @@ inline model::rwkv7_config grown_config(const model::rwkv7_config& c, const grow
   return out;
 }
 
-/// The grown weights: function-preserving at the moment of growth (SPEC §5). Zero: new
-/// key rows, new TimeMix output columns, new P rows (P starts as [I; 0]), new W_o columns
-/// (unless `meta_state_output_std`); normal with the RMS of the tensor's original entries:
-/// everything else that is new.
+/// The grown weights: function-preserving at the moment of growth (SPEC §5). Zero: the new
+/// key rows of existing heads, new TimeMix output columns, new P rows (P starts as [I; 0]),
+/// new W_o columns (unless `meta_state_output_std`); normal with the RMS of the tensor's
+/// original entries: everything else that is new (a new head's key rows among them).
 inline model::rwkv7_weights grow(model::rwkv7_weights& w, const growth& g) {
   const auto& from = w.config;
   if (!(std::isfinite(g.meta_state_output_std) && g.meta_state_output_std >= 0))
@@ -133,8 +133,8 @@ inline model::rwkv7_weights grow(model::rwkv7_weights& w, const growth& g) {
       rms = std::sqrt(rms / double(src->size()));
     }
     const auto kind = detail::axis_of(dst.name);
-    const bool zero_new = dst.name.find("att.key.weight") != std::string::npos ||
-                          dst.name.find("att.output.weight") != std::string::npos || kind == detail::axis::proj_rows;
+    const bool key = dst.name.find("att.key.weight") != std::string::npos,
+               zero_new = dst.name.find("att.output.weight") != std::string::npos || kind == detail::axis::proj_rows;
     // σ · z rather than a distribution of σ: σ is 0 for the default W_o columns and for
     // all-zero tensors, where std::normal_distribution is undefined. Every new entry draws
     // its z, as before.
@@ -148,7 +148,12 @@ inline model::rwkv7_weights grow(model::rwkv7_weights& w, const growth& g) {
       else if (kind == detail::axis::proj_rows) {  // P = [I; 0] where the model had no P
         const std::int64_t r = i / dst.shape.back(), c = i % dst.shape.back();
         dst.data[i] = !from.projection && r == c ? 1.0f : 0.0f;
-      } else dst.data[i] = zero_new ? 0.0f : sigma * normal(gen);
+      } else {
+        // New key rows of an existing head are zero (its κ̂, old state columns and bonus
+        // stay as they were); a new head's are drawn like the rest (SPEC §5).
+        const bool zero = zero_new || (key && i / dst.shape.back() / out.config.head_size < from.heads);
+        dst.data[i] = zero ? 0.0f : sigma * normal(gen);
+      }
     }
   }
   return out;
