@@ -58,11 +58,4 @@ struct cuda {};
 /// What the public functions use when no backend is named.
 using default_backend = simd<>;
 
-/// "scalar", "eigen", "simd", "cuda".
-inline const char* name(scalar) { return "scalar"; }
-inline const char* name(eigen) { return "eigen"; }
-template <class A>
-const char* name(simd<A>) { return "simd"; }
-inline const char* name(cuda) { return "cuda"; }
-
 }  // namespace metastate::backend

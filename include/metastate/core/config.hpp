@@ -1,23 +1,12 @@
-// metastate configuration switches: compiler detection, CUDA phases, OpenMP presence.
+// metastate configuration switches: the CUDA compiler, OpenMP presence, inlining hints.
 #pragma once
 
-// Two CUDA switches, as in Eigen: "this translation unit is compiled by nvcc" and
-// "this is the device pass". Host-only users see neither and never include CUDA headers.
+// "This translation unit is compiled by nvcc" (Eigen's EIGEN_CUDACC): host-only users never
+// include CUDA headers.
 #if defined(__CUDACC__)
 #define METASTATE_CUDA_COMPILER 1
 #else
 #define METASTATE_CUDA_COMPILER 0
-#endif
-#if defined(__CUDA_ARCH__)
-#define METASTATE_CUDA_DEVICE_PASS 1
-#else
-#define METASTATE_CUDA_DEVICE_PASS 0
-#endif
-
-#if METASTATE_CUDA_COMPILER
-#define METASTATE_HOST_DEVICE __host__ __device__
-#else
-#define METASTATE_HOST_DEVICE
 #endif
 
 #if defined(_OPENMP)

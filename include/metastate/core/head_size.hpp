@@ -10,14 +10,12 @@ inline constexpr int dynamic = -1;
 template <int N>
 struct head_size {
   static_assert(N > 0 || N == dynamic, "HEAD_SIZE_MUST_BE_POSITIVE_OR_DYNAMIC");
-  static constexpr bool is_static = true;
   constexpr explicit head_size(int = N) {}
   static constexpr int value() { return N; }
 };
 
 template <>
 struct head_size<dynamic> {
-  static constexpr bool is_static = false;
   explicit head_size(int n) : n_(n) {}
   int value() const { return n_; }
 

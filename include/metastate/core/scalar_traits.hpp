@@ -14,22 +14,18 @@ struct scalar_traits {
 template <>
 struct scalar_traits<float> {
   using accum = float;
-  static constexpr const char* name = "F32";
 };
 template <>
 struct scalar_traits<double> {
   using accum = double;
-  static constexpr const char* name = "F64";
 };
 template <>
 struct scalar_traits<Eigen::half> {
   using accum = float;
-  static constexpr const char* name = "F16";
 };
 template <>
 struct scalar_traits<Eigen::bfloat16> {
   using accum = float;
-  static constexpr const char* name = "BF16";
 };
 
 /// The accumulate type of a (possibly const) storage type.
