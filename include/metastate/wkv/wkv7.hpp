@@ -266,7 +266,9 @@ void checked_run(const char* context, const inputs<T>& in, state_view<S> state, 
     throw shape_error(std::string(context) + ": the cuda backend does not record (record.every must be 0)");
   // Device memory cannot be read here: the cuda backend leaves values unchecked.
   if constexpr (METASTATE_VALIDATE_VALUES && !std::is_same_v<Backend, backend::cuda>) validate_values(in, opt.decay);
-  if (saved) record_access::prepare(*saved, expected, opt.decay, inputs_signature(in));
+  // (A record of nothing, every = 0, is refused by the encoder anyway; and only such a record
+  // passes with the cuda backend, whose inputs the host cannot read.)
+  if (saved) record_access::prepare(*saved, expected, opt.decay, every > 0 ? inputs_signature(in) : 0);
   const problem<T, S> p{in, state, y, opt.decay, shape[0], expected[1], shape[2], static_cast<int>(n),
                         saved ? record_access::states(*saved) : nullptr,
                         saved ? record_access::removal(*saved) : nullptr, every};

@@ -281,7 +281,8 @@ void run_units(const problem<T, A>& p, const exec_policy& policy, int granularit
                                         : std::min<int>(row_groups, (threads + items - 1) / items);
   // As many parts as whole shares of row groups make: 8 groups for 6 threads are 4 parts of 2
   // (6 parts of 2 would leave the last two empty or reversed).
-  const int groups_per_part = (row_groups + wanted - 1) / wanted, parts = (row_groups + groups_per_part - 1) / groups_per_part;
+  const int groups_per_part = (row_groups + wanted - 1) / wanted;
+  const int parts = (row_groups + groups_per_part - 1) / groups_per_part;
   const int rows_per_part = groups_per_part * granularity;
   const index_t units = items * parts;
   if (threads > units) threads = static_cast<int>(units);
