@@ -21,7 +21,9 @@ TEST_CASE_TEMPLATE("wkv7 step allocates nothing for a static head size", Backend
                    ms::backend::eigen, ms::backend::simd<>,
                    ms::backend::simd<ms::backend::narrow_simd_arch>) {
   for (auto type_tag : {0, 1}) {
-    const auto p = ref::random_problem(2, 1, 12, 64, 3);
+    // 2 x 64 heads: 2^19 state-element updates, above the library's one-thread threshold
+    // (2^18), so that the two-thread step does fork.
+    const auto p = ref::random_problem(2, 1, 64, 64, 3);
     auto run = [&](auto storage) {
       using T = decltype(storage);
       harness::stored_inputs<T> in(p);

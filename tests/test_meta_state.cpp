@@ -333,6 +333,12 @@ TEST_CASE("meta-state ops check every tensor's shape and name it") {
                                                  xv, ms::state_view<float>(m.data(), 1, 2, N),
                                                  ms::sequence_view<float>(o.data(), 1, T_, 2, N), ws),
                        "meta_state::evolve: tensor 'm' has head size 16, the template head size is 8", ms::shape_error);
+  auto short_k = in.all();
+  short_k.k = short_w;
+  CHECK_THROWS_WITH_AS(ms::meta_state::encode_sequence<N>(short_k, ms::state_view<const float>(start.data(), 1, 2, N),
+                                                          xv, ev, N, ws),
+                       "meta_state::encode_sequence: tensor 'k' has shape [1,1,2,16], expected [1,8,2,16]",
+                       ms::shape_error);
   // Negative extents, named before any buffer is sized from them.
   const ms::sequence_view<const float> negative_w(in.w.data(), -1, T_, 2, N), negative_x(x.data(), -1, T_, 2, N);
   const ms::sequence_view<float> negative_o(o.data(), -1, T_, 2, N);

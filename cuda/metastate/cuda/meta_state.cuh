@@ -83,16 +83,23 @@ void meta_state_sequence(const wkv7::inputs<T>& wkv, state_view<const float> sta
                          state_view<float> m, sequence_view<T> o, const wkv7::options& opt = {}) {
   const char* context = "cuda::meta_state_sequence";
   const auto& shape = wkv.w.shape();
+  expect_extents(context, "w", shape);
+  expect_extents(context, "m", m.shape());
   const index_t H = shape[2], head_size = N == dynamic ? shape[3] : N;
   const int n = static_cast<int>(m.head_size());
   meta_state::detail::check_sse_dim(context, n, head_size);
   const std::pair<const char*, const sequence_view<const T>*> named[] = {
       {"w", &wkv.w}, {"k", &wkv.k}, {"v", &wkv.v}, {"a", &wkv.a}, {"b", &wkv.b}, {"x", &x}};
-  for (const auto& [name, view] : named)
+  for (const auto& [name, view] : named) {
     expect_shape(context, name, view->shape(), std::array<index_t, 4>{shape[0], shape[1], H, head_size});
+    meta_state::detail::expect_data(context, name, *view);
+  }
   expect_shape(context, "start", start.shape(), std::array<index_t, 4>{shape[0], H, head_size, head_size});
   expect_shape(context, "m", m.shape(), std::array<index_t, 4>{shape[0], H, n, n});
   expect_shape(context, "o", o.shape(), std::array<index_t, 4>{shape[0], shape[1], H, n});
+  meta_state::detail::expect_data(context, "start", start);
+  meta_state::detail::expect_data(context, "m", m);
+  meta_state::detail::expect_data(context, "o", o);
   expect_disjoint(context, std::array{bytes_of("o", o), bytes_of("m", m)},
                   std::array{bytes_of("w", wkv.w), bytes_of("k", wkv.k), bytes_of("v", wkv.v), bytes_of("a", wkv.a),
                              bytes_of("b", wkv.b), bytes_of("x", x), bytes_of("start", start)});
@@ -107,6 +114,7 @@ void meta_state_sequence(const wkv7::inputs<T>& wkv, state_view<const float> sta
   if (shape[0] * H == 0 || shape[1] == 0) return;
   detail::with_head_size<N>(context, static_cast<int>(head_size), [&](auto size) {
     constexpr int K = decltype(size)::value;
+    check_before_launch(context);
     detail::meta_state_kernel<K, D><<<static_cast<unsigned>(shape[0] * H), K, 0, stream_of(opt.exec)>>>(params);
     check_launch(context);
   });

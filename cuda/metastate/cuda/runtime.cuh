@@ -32,6 +32,13 @@ inline void check(cudaError_t status, const char* what) {
     throw cuda_error(std::string(what) + ": " + cudaGetErrorName(status) + " (" + cudaGetErrorString(status) + ")");
 }
 
+/// Before a launch: an error left by an earlier CUDA call (a failed allocation the caller
+/// caught, a fault of an earlier kernel) is reported as such, not as this launch's.
+inline void check_before_launch(const char* kernel) {
+  const cudaError_t pending = cudaGetLastError();
+  if (pending != cudaSuccess) check(pending, (std::string("a CUDA error pending before ") + kernel).c_str());
+}
+
 /// Checks the launch just made (bad configuration, no kernel image for this device).
 inline void check_launch(const char* kernel) { check(cudaGetLastError(), kernel); }
 
@@ -121,17 +128,24 @@ class device_buffer {
   T* data() const { return data_; }
   std::size_t size() const { return size_; }
 
-  /// Copies `host` (same size) to the device, synchronously.
-  void upload(const std::vector<T>& host) {
+  /// Copies `host` (same size) to the device on `stream` (null: the default stream), after the
+  /// work queued there, and waits for it. (A plain cudaMemcpy is not ordered against the work
+  /// of a stream created non-blocking.)
+  void upload(const std::vector<T>& host, cudaStream_t stream = nullptr) {
     if (host.size() != size_)
       throw shape_error("device_buffer::upload: " + std::to_string(host.size()) + " elements into a buffer of " +
                         std::to_string(size_));
-    check(cudaMemcpy(data_, host.data(), size_ * sizeof(T), cudaMemcpyHostToDevice), "cudaMemcpy (upload)");
+    check(cudaMemcpyAsync(data_, host.data(), size_ * sizeof(T), cudaMemcpyHostToDevice, stream),
+          "cudaMemcpyAsync (upload)");
+    check(cudaStreamSynchronize(stream), "cudaStreamSynchronize (upload)");
   }
-  /// Copies the buffer to the host, synchronously.
-  std::vector<T> download() const {
+  /// Copies the buffer to the host on `stream` (null: the default stream), after the work
+  /// queued there (the kernels of a call made with that `exec.stream`).
+  std::vector<T> download(cudaStream_t stream = nullptr) const {
     std::vector<T> host(size_);
-    check(cudaMemcpy(host.data(), data_, size_ * sizeof(T), cudaMemcpyDeviceToHost), "cudaMemcpy (download)");
+    check(cudaMemcpyAsync(host.data(), data_, size_ * sizeof(T), cudaMemcpyDeviceToHost, stream),
+          "cudaMemcpyAsync (download)");
+    check(cudaStreamSynchronize(stream), "cudaStreamSynchronize (download)");
     return host;
   }
 

@@ -151,6 +151,7 @@ void launch_recurrence(const char* context, const recurrence_params<D>& params, 
   if (blocks == 0 || params.tokens == 0) return;
   with_head_size<N>(context, params.n, [&](auto size) {
     constexpr int K = decltype(size)::value;
+    check_before_launch(context);
     recurrence_kernel<K, D><<<static_cast<unsigned>(blocks), K, 0, stream>>>(params);
     check_launch(context);
   });

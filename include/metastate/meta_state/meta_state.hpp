@@ -199,10 +199,15 @@ void encode_sequence(const wkv7::inputs<T>& wkv, state_view<const S> start, sequ
     expect_shape("meta_state::encode_sequence", "r", shape, std::array<index_t, 4>{shape[0], shape[1], shape[2], N});
   expect_shape("meta_state::encode_sequence", "start", start.shape(),
                std::array<index_t, 4>{shape[0], shape[2], shape[3], shape[3]});
-  expect_shape("meta_state::encode_sequence", "x", x.shape(), shape);
   expect_shape("meta_state::encode_sequence", "e", e.shape(), std::array<index_t, 4>{shape[0], shape[1], shape[2], n});
-  // (The replay below is a WKV-7 call with x̃ as its 'r': these are named here.)
-  detail::expect_data("meta_state::encode_sequence", "x", x);
+  // Every tensor here, by the caller's names: the cuda form has no WKV-7 call to check the
+  // inputs, and the replay below is one with x̃ as its 'r'.
+  const std::pair<const char*, const sequence_view<const T>*> inputs[] = {
+      {"r", &wkv.r}, {"w", &wkv.w}, {"k", &wkv.k}, {"v", &wkv.v}, {"a", &wkv.a}, {"b", &wkv.b}, {"x", &x}};
+  for (const auto& [name, view] : inputs) {
+    expect_shape("meta_state::encode_sequence", name, view->shape(), shape);
+    detail::expect_data("meta_state::encode_sequence", name, *view);
+  }
   detail::expect_data("meta_state::encode_sequence", "start", start);
   detail::expect_data("meta_state::encode_sequence", "e", e);
   expect_disjoint("meta_state::encode_sequence", std::array{bytes_of("e", e)},
