@@ -56,6 +56,18 @@ void expect_data(const char* context, const char* name, const View& view) {
     throw shape_error(std::string(context) + ": tensor '" + name + "' has no data");
 }
 
+/// The six WKV-7 inputs and x̃ each have `shape` and data, or shape_error names the tensor.
+template <class T>
+void expect_inputs(const char* context, const wkv7::inputs<T>& wkv, sequence_view<const T> x,
+                   const std::array<index_t, 4>& shape) {
+  const std::pair<const char*, sequence_view<const T>> named[] = {
+      {"r", wkv.r}, {"w", wkv.w}, {"k", wkv.k}, {"v", wkv.v}, {"a", wkv.a}, {"b", wkv.b}, {"x", x}};
+  for (const auto& [name, view] : named) {
+    expect_shape(context, name, view.shape(), shape);
+    expect_data(context, name, view);
+  }
+}
+
 /// dst [B,T,H,n] = src[..., :n] (dst reuses `buffer`).
 template <class T>
 sequence_view<const T> leading(sequence_view<const T> src, int n, aligned_vector<T>& buffer) {
@@ -202,12 +214,7 @@ void encode_sequence(const wkv7::inputs<T>& wkv, state_view<const S> start, sequ
   expect_shape("meta_state::encode_sequence", "e", e.shape(), std::array<index_t, 4>{shape[0], shape[1], shape[2], n});
   // Every tensor here, by the caller's names: the cuda form has no WKV-7 call to check the
   // inputs, and the replay below is one with x̃ as its 'r'.
-  const std::pair<const char*, const sequence_view<const T>*> inputs[] = {
-      {"r", &wkv.r}, {"w", &wkv.w}, {"k", &wkv.k}, {"v", &wkv.v}, {"a", &wkv.a}, {"b", &wkv.b}, {"x", &x}};
-  for (const auto& [name, view] : inputs) {
-    expect_shape("meta_state::encode_sequence", name, view->shape(), shape);
-    detail::expect_data("meta_state::encode_sequence", name, *view);
-  }
+  detail::expect_inputs("meta_state::encode_sequence", wkv, x, shape);
   detail::expect_data("meta_state::encode_sequence", "start", start);
   detail::expect_data("meta_state::encode_sequence", "e", e);
   expect_disjoint("meta_state::encode_sequence", std::array{bytes_of("e", e)},
@@ -330,12 +337,7 @@ void check_recorded(const char* context, const wkv7::inputs<T>& wkv, const wkv7:
   const auto& shape = wkv.r.shape();
   expect_extents(context, "r", shape);
   check_sse_dim(context, n, shape[3]);
-  const std::pair<const char*, sequence_view<const T>> named[] = {
-      {"r", wkv.r}, {"w", wkv.w}, {"k", wkv.k}, {"v", wkv.v}, {"a", wkv.a}, {"b", wkv.b}, {"x", x}};
-  for (const auto& [name, view] : named) {
-    expect_shape(context, name, view.shape(), shape);
-    expect_data(context, name, view);
-  }
+  expect_inputs(context, wkv, x, shape);
   auto described = [](const std::array<index_t, 4>& s, wkv7::decay_input decay) {
     return shape_string(s) + (decay == wkv7::decay_input::w ? " with decays w" : " with log-decays");
   };
