@@ -101,6 +101,36 @@ TEST_CASE("decoding allocates nothing after the first token (RWKV-7 and Meta-Sta
   CHECK(allocations.load() == 0);
 }
 
+TEST_CASE_TEMPLATE("a sequence call allocates nothing once warmed up (with a record; then the Meta-State pass)",
+                   Backend, ms::backend::scalar, ms::backend::eigen, ms::backend::simd<>) {
+  // 8 heads of 64 over 40 tokens: 2^20.3 updates, so two threads fork and each runs several
+  // units at once (the path that keeps a set of units per thread).
+  const auto p = ref::random_problem(1, 40, 8, 64, 9);
+  const harness::stored_inputs<float> in(p);
+  std::vector<float> y(p.seq_size()), o(p.seq_size()), state = harness::convert<float>(p.s0),
+      m(std::size_t(p.H) * p.N * p.N, 0.0f);
+  const ms::state_view<float> sv(state.data(), p.B, p.H, p.N), mv(m.data(), p.B, p.H, p.N);
+  const ms::sequence_view<float> yv(y.data(), p.B, p.T, p.H, p.N), ov(o.data(), p.B, p.T, p.H, p.N);
+  ms::wkv7::record<float> record(ms::meta_state::record_every);
+  ms::meta_state::workspace<float> ws;
+  for (int threads : {1, 2}) {
+    ms::wkv7::options opt;
+    opt.exec.threads = threads;
+    auto run = [&] {
+      ms::wkv7::sequence<64, Backend>(in.all(), sv, yv, opt);
+      ms::wkv7::sequence<64, Backend>(in.all(), sv, yv, opt, record);
+      ms::meta_state::evolve_recorded(in.all(), record, in.view(in.r), mv, ov, p.N, ws, opt);
+    };
+    run();  // sizes the threads' scratch, the record and the workspace; OpenMP builds its team
+    allocations = 0;
+    counting = true;
+    run();
+    counting = false;
+    CAPTURE(threads);
+    CHECK(allocations.load() == 0);
+  }
+}
+
 TEST_CASE("an allocation that fails on a worker thread reaches the caller as std::bad_alloc") {
   // Each thread of the simd sequence kernel grows its working buffer to the call's need
   // inside the parallel region: 128 heads on two threads take 64 units each, 64 x 65 x 64

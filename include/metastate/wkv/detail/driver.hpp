@@ -6,6 +6,7 @@
 #include <array>
 #include <cmath>
 #include <cstring>
+#include <new>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -238,6 +239,37 @@ A* thread_arena(std::size_t count) {
   return arena.data();
 }
 
+/// A thread's units of one call, built in storage that outlives the call (a vector of units
+/// per call was a heap allocation at every call; the units themselves live for the call).
+template <class Unit>
+class thread_units {
+ public:
+  explicit thread_units(std::size_t capacity) : slots_(storage(capacity)) {}
+  thread_units(const thread_units&) = delete;
+  thread_units& operator=(const thread_units&) = delete;
+  ~thread_units() {
+    while (made_ > 0) (*this)[--made_].~Unit();
+  }
+  template <class... Args>
+  void add(Args&&... args) {
+    new (&slots_[made_]) Unit(std::forward<Args>(args)...);
+    ++made_;
+  }
+  Unit& operator[](std::size_t i) { return *std::launder(reinterpret_cast<Unit*>(&slots_[i])); }
+
+ private:
+  struct alignas(Unit) slot {
+    unsigned char bytes[sizeof(Unit)];
+  };
+  static slot* storage(std::size_t count) {
+    static thread_local std::vector<slot> slots;
+    if (slots.size() < count) slots.resize(count);
+    return slots.data();
+  }
+  slot* slots_;
+  std::size_t made_ = 0;
+};
+
 /// Tokens a thread runs on one unit before moving to its next unit, when its share of the
 /// call's inputs is at most `blocked_max_input_bytes` (docs/PERFORMANCE.md). The bound
 /// depends on the vector width: with 16 lanes (Zen 5) sweeping every state from L2 at each
@@ -320,18 +352,17 @@ void run_units(const problem<T, A>& p, const exec_policy& policy, int granularit
       std::size_t total = 0;
       for (index_t u = first; u < last; ++u) total += unit_scratch_size<Unit>(p, unit_at(u), 0);
       A* scratch = thread_arena<A>(total);
-      std::vector<Unit> mine;
-      mine.reserve(static_cast<std::size_t>(last - first));
+      thread_units<Unit> mine(static_cast<std::size_t>(last - first));
       for (index_t u = first; u < last; ++u) {
         const unit at = unit_at(u);
-        mine.emplace_back(p, at, scratch);
+        mine.add(p, at, scratch);
         scratch += unit_scratch_size<Unit>(p, at, 0);
       }
       for (index_t t0 = 0; t0 < p.tokens; t0 += block)
         for (index_t u = first; u < last; ++u)
           for (index_t t = t0; t < std::min(t0 + block, p.tokens); ++t)
             token(mine[static_cast<std::size_t>(u - first)], u, t);
-      for (auto& k : mine) k.finish();
+      for (index_t u = first; u < last; ++u) mine[static_cast<std::size_t>(u - first)].finish();
     }
   };
   run_threads(threads, run_thread);
