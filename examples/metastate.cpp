@@ -3,7 +3,11 @@
 
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
+#include <cctype>
+#include <cmath>
 #include <cstdio>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -32,8 +36,21 @@ int wkv7_command(const wkv7_args& args) {
   std::vector<float> x[6];
   const char* names[6] = {"r", "w", "k", "v", "a", "b"};
   for (int i = 0; i < 6; ++i) x[i] = file.read<float>(names[i], shape);
-  std::vector<float> state(static_cast<std::size_t>(B * H * N * N), 0.0f);
-  if (file.find("s0")) state = file.read<float>("s0", {B, H, N, N});
+  // With no tokens the inputs hold no data whatever their other extents: the state's size
+  // is checked before it is allocated.
+  std::int64_t state_size = 1;
+  for (const std::int64_t extent : {B, H, N, N})
+    if (__builtin_mul_overflow(state_size, extent, &state_size) ||
+        state_size > std::int64_t(std::vector<float>().max_size()))
+      throw ms::shape_error("wkv7: the state [B,H,N,N] for 'r' of shape " + ms::shape_string(shape) + " is too large");
+  std::vector<float> state(static_cast<std::size_t>(state_size), 0.0f);
+  if (file.find("s0")) {
+    state = file.read<float>("s0", {B, H, N, N});
+    const auto bad = std::find_if(state.begin(), state.end(), [](float s) { return !std::isfinite(s); });
+    if (bad != state.end())
+      throw ms::value_error("wkv7: tensor 's0' has a non-finite value at flat index " +
+                            std::to_string(bad - state.begin()));
+  }
 
   auto view = [&](const std::vector<float>& v) { return ms::sequence_view<const float>(v.data(), B, T, H, N); };
   const ms::wkv7::inputs<float> in{view(x[0]), view(x[1]), view(x[2]), view(x[3]), view(x[4]), view(x[5])};
@@ -61,14 +78,16 @@ struct forward_args {
 
 std::vector<std::int64_t> parse_tokens(const std::string& list) {
   std::vector<std::int64_t> tokens;
+  if (list.empty()) throw ms::value_error("--tokens: no tokens given");
   std::size_t pos = 0;
-  while (pos < list.size()) {
+  while (pos <= list.size()) {  // (an empty item after a last comma is an error too)
     const std::size_t comma = std::min(list.find(',', pos), list.size());
     const std::string item = list.substr(pos, comma - pos);
     std::size_t used = 0;
     long long value = 0;
     try {
-      value = std::stoll(item, &used);
+      // (stoll would skip leading blanks)
+      if (!item.empty() && !std::isspace(static_cast<unsigned char>(item[0]))) value = std::stoll(item, &used);
     } catch (const std::exception&) {
       used = 0;
     }
@@ -76,7 +95,6 @@ std::vector<std::int64_t> parse_tokens(const std::string& list) {
     tokens.push_back(value);
     pos = comma + 1;
   }
-  if (tokens.empty()) throw ms::value_error("--tokens: no tokens given");
   return tokens;
 }
 
@@ -87,6 +105,7 @@ std::vector<std::int64_t> read_tokens_file(const std::string& path) {
     throw ms::io_error(path + ": tensor 'tokens' must be I64 or I32, found " + ms::io::dtype_name(info.type));
   if (info.numel() != (info.shape.empty() ? 1 : info.shape.back()))
     throw ms::shape_error(path + ": tensor 'tokens' must be [T] or [1,T], found " + ms::shape_string(info.shape));
+  if (info.numel() == 0) throw ms::value_error(path + ": tensor 'tokens' holds no tokens");
   return file.read<std::int64_t>("tokens");
 }
 
@@ -137,7 +156,10 @@ std::vector<ms::model::block_kind> parse_blocks(const std::string& spec, int lay
 int init_command(const init_args& args) {
   auto config = ms::model::make_config(args.layers, args.width, args.head_size, args.vocab);
   config.blocks = parse_blocks(args.block, args.layers);
-  if (args.sse_dim) config.sse_dim = args.sse_dim;
+  if (args.sse_dim) {
+    if (!config.has_meta_state()) throw ms::value_error("--sse-dim: no layer is a Meta-State layer (--block)");
+    config.sse_dim = args.sse_dim;
+  }
   auto weights = ms::model::initialise(config, args.seed,
                                        args.init == "random" ? ms::model::init_kind::random : ms::model::init_kind::official);
   ms::model::save(weights, args.out);
@@ -168,6 +190,9 @@ int grow_command(const grow_args& args) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // (CLI11's PositiveNumber reports 0 as "not in range 0.000000 to 1.797...e308")
+  const auto at_least_one = CLI::Range(1, std::numeric_limits<int>::max());
+  const auto at_least_zero = CLI::Range(0, std::numeric_limits<int>::max());
   CLI::App app{"metastate: RWKV-7 and Meta-State recurrent-state kernels (library " +
                std::string(ms::version_string) + ")"};
   app.require_subcommand(1);
@@ -180,7 +205,7 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"scalar", "eigen", "simd"}))
       ->capture_default_str();
   wkv7->add_option("--threads", wkv.threads, "OpenMP threads (0: OMP_NUM_THREADS or all)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(at_least_zero);
 
   forward_args fwd;
   auto* forward = app.add_subcommand("forward", "Run a model on tokens: logits [T,V] and the final state");
@@ -191,25 +216,25 @@ int main(int argc, char** argv) {
   forward->add_option("--mode", fwd.mode, "sequence (chunked prefill) or step (one token at a time)")
       ->check(CLI::IsMember({"sequence", "step"}))
       ->capture_default_str();
-  forward->add_option("--chunk", fwd.chunk, "tokens per chunk in sequence mode")->check(CLI::PositiveNumber)->capture_default_str();
+  forward->add_option("--chunk", fwd.chunk, "tokens per chunk in sequence mode")->check(at_least_one)->capture_default_str();
   forward->add_option("--state-in", fwd.state_in, "start from this state (a --state-out or --out file)");
   forward->add_option("--state-out", fwd.state_out, "also write the final state here");
   forward->add_option("--out", fwd.out, "output: logits and state.{l}.att_x_prev/att_kv/ffn_x_prev (ms for Meta-State layers)")->required();
-  forward->add_option("--threads", fwd.threads, "threads (0: OMP_NUM_THREADS or all)")->check(CLI::NonNegativeNumber);
+  forward->add_option("--threads", fwd.threads, "threads (0: OMP_NUM_THREADS or all)")->check(at_least_zero);
 
   init_args ini;
   auto* init = app.add_subcommand("init", "Write a randomly initialised RWKV-7 / Meta-State model (official x070 init rules)");
-  init->add_option("--layers", ini.layers, "layers")->required()->check(CLI::PositiveNumber);
-  init->add_option("--width", ini.width, "model width C")->required()->check(CLI::PositiveNumber);
-  init->add_option("--head-size", ini.head_size, "head size N (divides C)")->capture_default_str()->check(CLI::PositiveNumber);
-  init->add_option("--vocab", ini.vocab, "vocabulary size V")->required()->check(CLI::PositiveNumber);
+  init->add_option("--layers", ini.layers, "layers")->required()->check(at_least_one);
+  init->add_option("--width", ini.width, "model width C")->required()->check(at_least_one);
+  init->add_option("--head-size", ini.head_size, "head size N (divides C)")->capture_default_str()->check(at_least_one);
+  init->add_option("--vocab", ini.vocab, "vocabulary size V")->required()->check(at_least_one);
   init->add_option("--seed", ini.seed, "random seed")->capture_default_str();
   init->add_option("--init", ini.init, "official, or random (every tensor non-zero: for tests)")
       ->check(CLI::IsMember({"official", "random"}))
       ->capture_default_str();
   init->add_option("--block", ini.block, "ffn, meta-state, or one per layer: ffn,meta-state,...")->capture_default_str();
   init->add_option("--sse-dim", ini.sse_dim, "Meta-State encoder size n <= head size (default: head size)")
-      ->check(CLI::PositiveNumber);
+      ->check(at_least_one);
   init->add_option("--out", ini.out, "output checkpoint")->required();
 
   grow_args grw;
@@ -217,8 +242,8 @@ int main(int argc, char** argv) {
   grow->add_option("--model", grw.model, "checkpoint to grow")->required();
   grow->add_option("--out", grw.out, "grown checkpoint (metadata records the original sizes)")->required();
   grow->add_option("--head-size", grw.head_size, "new head size N' (a multiple of the GroupNorm group size)")
-      ->check(CLI::PositiveNumber);
-  grow->add_option("--heads", grw.heads, "new number of heads H' (ChannelMix-only models)")->check(CLI::PositiveNumber);
+      ->check(at_least_one);
+  grow->add_option("--heads", grw.heads, "new number of heads H' (ChannelMix-only models)")->check(at_least_one);
   grow->add_option("--seed", grw.seed, "seed of the new entries' initialisation")->capture_default_str();
   grow->add_option("--meta-state-output-std", grw.output_std,
                    "std of new Meta-State W_o columns (0: zero, exact; the paper's small random values are not)")
@@ -230,7 +255,7 @@ int main(int argc, char** argv) {
 
   CLI11_PARSE(app, argc, argv);
   try {
-    if (forward->parsed() && fwd.tokens.empty() && fwd.tokens_file.empty())
+    if (forward->parsed() && tokens->count() == 0 && tokens_file->count() == 0)
       throw ms::value_error("forward: give --tokens or --tokens-file");
     if (wkv7->parsed()) return wkv7_command(wkv);
     if (forward->parsed()) return forward_command(fwd);

@@ -120,6 +120,23 @@ TEST_CASE("metastate wkv7 rejects bad input with a message and a non-zero exit c
     CHECK(res.exit_code != 0);
     CHECK(res.output.find("outside (0, 1]") != std::string::npos);
   }
+  SUBCASE("a non-finite initial state") {
+    auto bad = p;
+    bad.s0[5] = std::nan("");
+    write_problem(bad, dir / "nan.safetensors", true);
+    const auto res = run_cli("wkv7 --in " + dir / "nan.safetensors" + out);
+    CHECK(res.exit_code != 0);
+    CHECK(res.output.find("tensor 's0' has a non-finite value at flat index 5") != std::string::npos);
+  }
+  SUBCASE("no tokens, and a state too large to hold") {
+    ms::io::safetensors_writer w;
+    const float none = 0;
+    for (const char* name : {"r", "w", "k", "v", "a", "b"}) w.add<float>(name, {1, 0, 1, std::int64_t(1) << 32}, &none);
+    w.write(dir / "huge.safetensors");
+    const auto res = run_cli("wkv7 --in " + dir / "huge.safetensors" + out);
+    CHECK(res.exit_code != 0);
+    CHECK(res.output.find("the state [B,H,N,N] for 'r' of shape [1,0,1,4294967296] is too large") != std::string::npos);
+  }
   SUBCASE("an unknown backend") {
     CHECK(run_cli("wkv7 --in " + in + out + " --backend gpu").exit_code != 0);
   }
@@ -176,6 +193,25 @@ TEST_CASE("metastate forward continues from a saved state, reads a tokens file a
   const auto junk = run_cli("forward --model " + model + " --tokens 1,x --out " + dir / "x.safetensors");
   CHECK(junk.exit_code != 0);
   CHECK(junk.output.find("'x' is not an integer") != std::string::npos);
+  for (const auto& [list, message] : std::vector<std::pair<std::string, std::string>>{
+           {"1,", "--tokens: '' is not an integer"},
+           {"' 1'", "--tokens: ' 1' is not an integer"},
+           {"''", "--tokens: no tokens given"}}) {
+    CAPTURE(list);
+    const auto res = run_cli("forward --model " + model + " --tokens " + list + " --out " + dir / "x.safetensors");
+    CHECK(res.exit_code != 0);
+    CHECK_MESSAGE(res.output.find(message) != std::string::npos, res.output);
+  }
+  ms::io::safetensors_writer empty_file;
+  empty_file.add<std::int32_t>("tokens", {0}, rest);
+  empty_file.write(dir / "empty.safetensors");
+  const auto empty = run_cli("forward --model " + model + " --tokens-file " + dir / "empty.safetensors" + " --out " +
+                             dir / "x.safetensors");
+  CHECK(empty.exit_code != 0);
+  CHECK_MESSAGE(empty.output.find("tensor 'tokens' holds no tokens") != std::string::npos, empty.output);
+  const auto chunk = run_cli("forward --model " + model + " --tokens 1 --chunk 0 --out " + dir / "x.safetensors");
+  CHECK(chunk.exit_code != 0);
+  CHECK_MESSAGE(chunk.output.find("Value 0 not in range 1 to 2147483647") != std::string::npos, chunk.output);
   REQUIRE(run_cli("init --layers 1 --width 32 --head-size 8 --vocab 30 --out " + dir / "other.safetensors").exit_code == 0);
   const auto other = run_cli("forward --model " + dir / "other.safetensors" + " --tokens 1 --state-in " +
                              dir / "s.safetensors" + " --out " + dir / "x.safetensors");
@@ -202,4 +238,21 @@ TEST_CASE("metastate grow: the grown model continues a live state with the same 
   const auto refused = run_cli("grow --model " + model + " --out " + grown + " --heads 8");
   CHECK(refused.exit_code != 0);
   CHECK(refused.output.find("cannot add heads to a model with Meta-State layers") != std::string::npos);
+}
+
+TEST_CASE("metastate init --sse-dim makes a model that has never grown, and needs a Meta-State layer") {
+  fixture::temp_dir dir("cli_init");
+  const std::string model = dir / "m.safetensors";
+  const auto made = run_cli("init --layers 2 --width 64 --head-size 32 --vocab 50 --block ffn,meta-state --sse-dim 16 "
+                            "--out " + model);
+  REQUIRE_MESSAGE(made.exit_code == 0, made.output);
+  const auto file = ms::io::safetensors_file::open(model);
+  CHECK(file.metadata().at("sse_dim") == "16");
+  CHECK(file.metadata().count("original_sse_dim") == 0);
+  const auto loaded = ms::model::load(file);
+  CHECK(loaded.config.sse_dim == 16);
+  CHECK_FALSE(loaded.config.grown());
+  const auto refused = run_cli("init --layers 2 --width 64 --head-size 32 --vocab 50 --sse-dim 16 --out " + model);
+  CHECK(refused.exit_code != 0);
+  CHECK(refused.output.find("--sse-dim: no layer is a Meta-State layer") != std::string::npos);
 }

@@ -1,6 +1,7 @@
 // RWKV-7 model: against the fp64 reference, modes that must agree, batches, state files, loading errors.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include <metastate/model/rwkv7.hpp>
@@ -115,6 +116,25 @@ TEST_CASE("rwkv7 state save and restore round-trips bit-exactly and refuses anot
   mm::rwkv7_state other_model(fixture::small_config(2, 64, 2, 32, 80), 2);
   CHECK_THROWS_AS(mm::restore_state(other_model, ms::io::safetensors_file::open(dir / "s.safetensors")),
                   ms::shape_error);
+  // A file that fails part-way (its last layer's WKV state mis-shaped) leaves the state as it was.
+  {
+    const auto file = ms::io::safetensors_file::open(dir / "s.safetensors");
+    ms::io::safetensors_writer broken;
+    for (const auto& name : file.names()) {
+      const auto values = file.read<float>(name);
+      const auto shape = name == "state.1.att_kv" ? std::vector<std::int64_t>{2, 4, 256} : file.at(name).shape;
+      broken.add<float>(name, shape, values.data());
+    }
+    broken.set_metadata("state_shape", file.metadata().at("state_shape"));
+    broken.write(dir / "broken.safetensors");
+    mm::rwkv7_state untouched(w.config, 2);
+    CHECK_THROWS_WITH_AS(mm::restore_state(untouched, ms::io::safetensors_file::open(dir / "broken.safetensors")),
+                         doctest::Contains("'state.1.att_kv'"), ms::shape_error);
+    for (int l = 0; l < w.config.layers; ++l) {
+      CHECK(untouched.att_x_prev[l].isZero(0));
+      CHECK(std::all_of(untouched.att_kv[l].begin(), untouched.att_kv[l].end(), [](float x) { return x == 0; }));
+    }
+  }
   mm::rwkv7_state wrong(fixture::small_config(2, 64, 2, 32, 80), 1);
   std::vector<float> logits(80);
   CHECK_THROWS_AS(mm::forward(w, more.data(), 1, wrong, logits.data()), ms::shape_error);
@@ -187,10 +207,22 @@ TEST_CASE("rwkv7 configs with sizes that cannot run are refused") {
   CHECK_THROWS_WITH_AS(mm::initialise(blocks, 1), "initialise: 1 block kinds for 2 layers", ms::shape_error);
 }
 
+TEST_CASE("a new model has never grown, whatever original sizes its config carried") {
+  auto c = mm::make_config(2, 64, 32, 50);  // (its original sizes: those it was made with)
+  c.blocks = {mm::block_kind::channel_mix, mm::block_kind::meta_state};
+  c.sse_dim = 16;
+  c.original_heads = 1;
+  const auto w = mm::initialise(c, 1);
+  CHECK_FALSE(w.config.grown());
+  CHECK(w.config.original_sse_dim == 16);
+  CHECK(w.config.original_heads == 2);
+}
+
 TEST_CASE("rwkv7 load reports missing, extra and mis-shaped tensors by name") {
   auto w = mm::initialise(fixture::small_config(2, 32, 2, 16, 40), 15, mm::init_kind::random);
   fixture::temp_dir dir("load");
-  auto write_without = [&](const std::string& skip, const std::string& extra, const std::string& reshape) {
+  auto write_without = [&](const std::string& skip, const std::string& extra, const std::string& reshape,
+                           const std::string& key = "", const std::string& value = "") {
     ms::io::safetensors_writer out;
     for (auto& p : mm::parameters(w)) {
       if (p.name == skip) continue;
@@ -199,9 +231,18 @@ TEST_CASE("rwkv7 load reports missing, extra and mis-shaped tensors by name") {
       out.add<float>(p.name, shape, p.data);
     }
     if (!extra.empty()) out.add<float>(extra, {1}, w.emb.data());
+    if (!key.empty()) out.set_metadata(key, value);
     out.write(dir / "bad.safetensors");
     return ms::io::safetensors_file::open(dir / "bad.safetensors");
   };
+  // Sizes before growth that growth cannot have produced (heads 2, head size 16, no projection).
+  CHECK_THROWS_WITH_AS(mm::load(write_without("", "", "", "original_heads", "-5")),
+                       doctest::Contains("metadata original_heads = -5 must be in [1, 2]"), ms::io_error);
+  CHECK_THROWS_WITH_AS(mm::load(write_without("", "", "", "original_head_size", "1000")),
+                       doctest::Contains("metadata original_head_size = 1000 must be in [1, 16]"), ms::io_error);
+  CHECK_THROWS_WITH_AS(mm::load(write_without("", "", "", "original_projection", "1")),
+                       doctest::Contains("metadata original_projection = 1 must be in [0, 0]"), ms::io_error);
+  CHECK(mm::load(write_without("", "", "", "original_head_size", "8")).config.grown());
   CHECK_THROWS_WITH(mm::load(write_without("blocks.1.att.a2", "", "")),
                     doctest::Contains("missing tensor 'blocks.1.att.a2'"));
   CHECK_THROWS_WITH(mm::load(write_without("", "blocks.0.att.bogus", "")),

@@ -246,6 +246,14 @@ TEST_CASE("safetensors parsing rejects") {
                            8),
                   "tensors 'a' and 'b' overlap");
   }
+  SUBCASE("a name given twice") {
+    check_rejects(raw_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
+                           R"("a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
+                           8),
+                  "<memory>: the header names 'a' more than once");
+    check_rejects(raw_file(R"({"__metadata__":{"k":"v"},"__metadata__":{"k":"w"}})"),
+                  "the header names '__metadata__' more than once");
+  }
   SUBCASE("bad __metadata__") {
     check_rejects(raw_file(R"({"__metadata__":["a"]})"), "<memory>: __metadata__ is not an object of strings");
     check_rejects(raw_file(R"({"__metadata__":{"k":"v","n":1}})"), "<memory>: __metadata__ entry 'n' is not a string");

@@ -406,6 +406,13 @@ TEST_CASE("wkv7 validate_values rejects decays outside (0, 1] and non-finite inp
   in.k[3] = std::nanf("");
   CHECK_THROWS_WITH_AS(ms::wkv7::validate_values(in.all()), doctest::Contains("tensor 'k' has a non-finite value"),
                        ms::value_error);
+  in.k[3] = 0.5f;
+  std::vector<float> state = harness::convert<float>(p.s0);
+  const ms::state_view<const float> sv(state.data(), p.B, p.H, p.N);
+  CHECK_NOTHROW(ms::wkv7::validate_values(in.all(), sv));
+  state[63] = INFINITY;
+  CHECK_THROWS_WITH_AS(ms::wkv7::validate_values(in.all(), sv),
+                       doctest::Contains("tensor 'state' has a non-finite value at flat index 63"), ms::value_error);
 }
 
 TEST_CASE("aligned_vector and the simd kernel's per-thread working copies are cache-line aligned") {

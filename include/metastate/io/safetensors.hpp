@@ -19,6 +19,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <set>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -227,13 +228,23 @@ inline void safetensors_file::parse(const std::byte* bytes, std::size_t size) {
   const std::uint64_t data_size = size - 8 - header_size;
 
   nlohmann::json header;
+  // A name given twice would keep only its last entry, the other's bytes silently unread.
+  std::set<std::string> top_level_keys;
+  std::optional<std::string> repeated;
+  const auto note_repeats = [&](int depth, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
+    if (event == nlohmann::json::parse_event_t::key && depth == 1 && !repeated &&
+        !top_level_keys.insert(parsed.get<std::string>()).second)
+      repeated = parsed.get<std::string>();
+    return true;
+  };
   try {
     const auto* text = reinterpret_cast<const char*>(bytes + 8);
-    header = nlohmann::json::parse(text, text + header_size);
+    header = nlohmann::json::parse(text, text + header_size, note_repeats);
   } catch (const nlohmann::json::exception& e) {
     fail(std::string("header is not valid JSON: ") + e.what());
   }
   if (!header.is_object()) fail("header is not a JSON object");
+  if (repeated) fail("the header names '" + *repeated + "' more than once");
 
   struct range {
     std::uint64_t begin, end;

@@ -290,7 +290,7 @@ inline void forward(const rwkv7_weights& w, const std::int64_t* tokens, index_t 
       for (int b = 0; b < B; ++b) {
         ws.prev = ws.x.row(b * Tc + Tc - 1);
         detail::layer_norm(ws.prev, ws.mix, w.ln_out_weight, w.ln_out_bias, 1e-5f);
-        Eigen::Map<row_vector> out(logits + b * c.vocab, c.vocab);
+        Eigen::Map<row_vector> out(logits + index_t(b) * c.vocab, c.vocab);
         out.noalias() = ws.mix * w.head.transpose();
       }
     }

@@ -114,7 +114,8 @@ inline void save_state(const rwkv7_state& s, const std::string& path) {
 }
 
 /// Reads a state written by `save_state` (or by `metastate forward`) into `s`, refusing a
-/// file made for another model shape or batch.
+/// file made for another model shape or batch. All or nothing: a file that fails (a missing
+/// or mis-shaped tensor) leaves `s` as it was.
 inline void restore_state(rwkv7_state& s, const io::safetensors_file& f) {
   const std::string want = detail::config_string(s.config, s.batch);
   const auto it = f.metadata().find("state_shape");
@@ -122,10 +123,14 @@ inline void restore_state(rwkv7_state& s, const io::safetensors_file& f) {
     throw io_error(f.source() + ": not a metastate state file (no 'state_shape' metadata)");
   if (it->second != want)
     throw shape_error(f.source() + ": the state is for a model with " + it->second + ", this one has " + want);
-  detail::for_each_state_tensor(s, [&](const std::string& name, const std::vector<std::int64_t>& shape,
-                                       float* data) {
-    const auto values = f.read<float>(name, shape);
-    std::copy(values.begin(), values.end(), data);
+  std::vector<std::vector<float>> read;
+  detail::for_each_state_tensor(s, [&](const std::string& name, const std::vector<std::int64_t>& shape, float*) {
+    read.push_back(f.read<float>(name, shape));
+  });
+  std::size_t next = 0;
+  detail::for_each_state_tensor(s, [&](const std::string&, const std::vector<std::int64_t>&, float* data) {
+    std::copy(read[next].begin(), read[next].end(), data);
+    ++next;
   });
 }
 

@@ -267,7 +267,21 @@ inline rwkv7_config read_config(const io::safetensors_file& f) {
   c.original_heads = detail::metadata_int(f, "original_heads", c.heads);
   c.original_head_size = detail::metadata_int(f, "original_head_size", c.head_size);
   c.original_sse_dim = detail::metadata_int(f, "original_sse_dim", c.sse_dim);
-  c.original_projection = detail::metadata_int(f, "original_projection", c.projection) != 0;
+  const int original_projection = detail::metadata_int(f, "original_projection", c.projection);
+  c.original_projection = original_projection != 0;
+  // Growth only adds: each size before it lies between its least value and the current one.
+  struct original {
+    const char* key;
+    int value, least, current;
+  };
+  const original originals[] = {{"original_heads", c.original_heads, 1, c.heads},
+                                {"original_head_size", c.original_head_size, 1, c.head_size},
+                                {"original_sse_dim", c.original_sse_dim, 1, c.sse_dim},
+                                {"original_projection", original_projection, 0, int(c.projection)}};
+  for (const auto& o : originals)
+    if (o.value < o.least || o.value > o.current)
+      throw io_error(f.source() + ": metadata " + o.key + " = " + std::to_string(o.value) + " must be in [" +
+                     std::to_string(o.least) + ", " + std::to_string(o.current) + "] (the model's current size)");
   check_sizes(c, f.source());
   if (c.has_meta_state()) check_meta_state(c, f.source());
   return c;
@@ -360,17 +374,17 @@ inline rwkv7_config make_config(int layers, int width, int head_size, int vocab)
   return c;
 }
 
-/// Initialises a model of the given sizes. `official` follows the x070 training code
+/// Initialises a model of the given sizes (one that has never grown: its `original_*` sizes
+/// are set to them). `official` follows the x070 training code
 /// (RWKV-LM `RWKV-v7/train_temp`); `random` makes every tensor non-trivial.
 inline rwkv7_weights initialise(const rwkv7_config& config, std::uint64_t seed, init_kind kind = init_kind::official) {
   check_sizes(config, "initialise");
   if (config.has_meta_state()) check_meta_state(config, "initialise");
   rwkv7_weights w;
   w.config = config;
-  if (w.config.original_heads == 0) {  // unset: a model that never grew
-    w.config.original_heads = config.heads, w.config.original_head_size = config.head_size;
-    w.config.original_sse_dim = config.sse_dim, w.config.original_projection = config.projection;
-  }
+  // A new model has never grown, whatever the config said of original sizes.
+  w.config.original_heads = config.heads, w.config.original_head_size = config.head_size;
+  w.config.original_sse_dim = config.sse_dim, w.config.original_projection = config.projection;
   detail::allocate(w);
   std::mt19937_64 gen(seed);
   const auto& c = config;

@@ -149,7 +149,7 @@ struct record_access {
 
 /// Throws value_error if a decay lies outside (0, 1] (or a log-decay is positive), or any
 /// input is not finite. Kernels do not check values in release builds; this is the
-/// validating API (it runs automatically when METASTATE_VALIDATE_VALUES is 1).
+/// validating API (it runs automatically, with the state, when METASTATE_VALIDATE_VALUES is 1).
 template <class T>
 void validate_values(const inputs<T>& in, decay_input decay = decay_input::w) {
   const std::pair<const char*, const sequence_view<const T>*> named[] = {
@@ -168,6 +168,15 @@ void validate_values(const inputs<T>& in, decay_input decay = decay_input::w) {
                         "' = " + std::to_string(x) + " at flat index " + std::to_string(i) + " is outside " +
                         (decay == decay_input::w ? "(0, 1]" : "(-inf, 0]"));
   }
+}
+
+/// As above, and the initial state S_0 must be finite too.
+template <class T, class S>
+void validate_values(const inputs<T>& in, state_view<const S> state, decay_input decay = decay_input::w) {
+  for (index_t i = 0; i < state.size(); ++i)
+    if (!std::isfinite(static_cast<double>(state.data()[i])))
+      throw value_error("wkv7: tensor 'state' has a non-finite value at flat index " + std::to_string(i));
+  validate_values(in, decay);
 }
 
 namespace detail {
@@ -265,7 +274,8 @@ void checked_run(const char* context, const inputs<T>& in, state_view<S> state, 
   if (std::is_same_v<Backend, backend::cuda> && every != 0)
     throw shape_error(std::string(context) + ": the cuda backend does not record (record.every must be 0)");
   // Device memory cannot be read here: the cuda backend leaves values unchecked.
-  if constexpr (METASTATE_VALIDATE_VALUES && !std::is_same_v<Backend, backend::cuda>) validate_values(in, opt.decay);
+  if constexpr (METASTATE_VALIDATE_VALUES && !std::is_same_v<Backend, backend::cuda>)
+    validate_values(in, state_view<const S>(state), opt.decay);
   // (A record of nothing, every = 0, is refused by the encoder anyway; and only such a record
   // passes with the cuda backend, whose inputs the host cannot read.)
   if (saved) record_access::prepare(*saved, expected, opt.decay, every > 0 ? inputs_signature(in) : 0);
