@@ -91,6 +91,14 @@ TEST_CASE("cuda wkv7::sequence matches the fp64 reference and the scalar backend
   }
 }
 
+TEST_CASE("cuda wkv7::sequence over 4096 tokens (SPEC §7: 1e-6 for T <= 4096), and over none") {
+  check_sequence<64, float>(64, 1, 4096, 3, 1e-6);
+  const auto p = ref::random_problem(2, 0, 3, 64, 79);
+  const auto gpu = gpu_sequence<64, float>(p);
+  CHECK(gpu.y.empty());
+  CHECK(gpu.state == widen(convert<float>(p.s0)));  // no token: the state as it came
+}
+
 TEST_CASE("cuda wkv7::sequence with half and bfloat16 storage (SPEC §7: 1e-2)") {
   check_sequence<64, Eigen::half>(64, 2, 100, 3, 1e-2);
   check_sequence<64, Eigen::bfloat16>(64, 2, 100, 3, 1e-2);
@@ -172,10 +180,14 @@ std::pair<meta_state_result, meta_state_result> gpu_meta_state(const ref::wkv_pr
   ms::meta_state::workspace<T> ws;
   ms::meta_state::encode_sequence<N, ms::backend::cuda>(in.all(), start_view, in.view(x),
                                                         ms::sequence_view<T>(e.data(), p.B, p.T, p.H, n), n, ws);
-  ms::meta_state::evolve<ms::dynamic, ms::backend::cuda>(
-      in.view(in.w), in.view(in.a), in.view(in.b), ms::sequence_view<const T>(e.data(), p.B, p.T, p.H, n),
-      in.view(x), ms::state_view<float>(m2.data(), p.B, p.H, n), ms::sequence_view<T>(o2.data(), p.B, p.T, p.H, n),
-      ws);
+  auto evolve_on_device = [&](auto nn) {
+    ms::meta_state::evolve<decltype(nn)::value, ms::backend::cuda>(
+        in.view(in.w), in.view(in.a), in.view(in.b), ms::sequence_view<const T>(e.data(), p.B, p.T, p.H, n),
+        in.view(x), ms::state_view<float>(m2.data(), p.B, p.H, n),
+        ms::sequence_view<T>(o2.data(), p.B, p.T, p.H, n), ws);
+  };
+  if (n == N) evolve_on_device(std::integral_constant<int, N>{});  // a static sse_dim
+  else evolve_on_device(std::integral_constant<int, ms::dynamic>{});
   synchronize();
   CHECK(start.download() == convert<float>(p.s0));  // the replay start is read only
   return {fused, {widen(o2.download()), widen(m2.download())}};
@@ -209,10 +221,86 @@ TEST_CASE("cuda Meta-State ops (fused, and encode_sequence + evolve) match the f
     check_meta_state<48, float>(48, 20, 2, T, 3, 1e-6);
     check_meta_state<64, float>(64, 64, 1, T, 2, 1e-6);
     check_meta_state<ms::dynamic, float>(64, 40, 2, T, 2, 1e-6);
+    check_meta_state<ms::dynamic, float>(24, 24, 2, T, 2, 1e-6);  // the 32 kernels, channels 24.. masked
+    check_meta_state<ms::dynamic, float>(40, 16, 1, T, 3, 1e-6);  // the 48 kernels
     check_meta_state<128, float>(128, 128, 1, T, 1, 1e-6);
   }
   check_meta_state<64, Eigen::bfloat16>(64, 64, 1, 33, 2, 1e-2);
   check_meta_state<64, Eigen::half>(64, 48, 1, 33, 2, 1e-2);
+}
+
+namespace {
+
+/// Runs `op(opt)` with `opt.exec.stream` a stream created non-blocking that is being captured
+/// into a graph: a launch on that stream becomes a node of the graph (and runs when the graph
+/// is launched), a launch elsewhere runs at once and leaves the graph empty. Returns the
+/// graph's node count after running it.
+template <class Op>
+std::size_t captured_nodes(Op&& op) {
+  cudaStream_t stream;
+  mc::check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
+  ms::wkv7::options opt;
+  opt.exec.stream = stream;
+  mc::check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeRelaxed), "cudaStreamBeginCapture");
+  op(opt);
+  cudaGraph_t graph;
+  mc::check(cudaStreamEndCapture(stream, &graph), "cudaStreamEndCapture");
+  std::size_t nodes = 0;
+  mc::check(cudaGraphGetNodes(graph, nullptr, &nodes), "cudaGraphGetNodes");
+  cudaGraphExec_t exec;
+  mc::check(cudaGraphInstantiate(&exec, graph, 0), "cudaGraphInstantiate");
+  mc::check(cudaGraphLaunch(exec, stream), "cudaGraphLaunch");
+  mc::check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+  mc::check(cudaGraphExecDestroy(exec), "cudaGraphExecDestroy");
+  mc::check(cudaGraphDestroy(graph), "cudaGraphDestroy");
+  mc::check(cudaStreamDestroy(stream), "cudaStreamDestroy");
+  return nodes;
+}
+
+}  // namespace
+
+TEST_CASE("cuda ops launch on exec.stream (each captured from a non-blocking stream into a graph)") {
+  const auto p = ref::random_problem(1, 9, 2, 32, 80);
+  const auto msi = harness::random_meta_state(p, 32, 81);
+  const device_inputs<float> in(p, p.w);
+  const mc::device_buffer<float> x(convert<float>(msi.x)), start(convert<float>(p.s0));
+  mc::device_buffer<float> state(convert<float>(p.s0)), m(convert<float>(msi.m0));
+  auto y = poisoned<float>(p.seq_size()), e = poisoned<float>(p.seq_size());
+  const ms::state_view<float> sv(state.data(), p.B, p.H, p.N), mv(m.data(), p.B, p.H, p.N);
+  const ms::state_view<const float> start_view(start.data(), p.B, p.H, p.N);
+  const ms::sequence_view<float> yv(y.data(), p.B, p.T, p.H, p.N), ev(e.data(), p.B, p.T, p.H, p.N);
+  ms::meta_state::workspace<float> ws;
+
+  auto expected_state = p.s0;
+  const auto expected_y = ref::wkv7(p, expected_state);
+  CHECK(captured_nodes([&](const ms::wkv7::options& opt) {
+          ms::wkv7::sequence<32, ms::backend::cuda>(in.all(), sv, yv, opt);
+        }) == 1);
+  CHECK(ref::rms_relative(widen(y.download()), expected_y) <= 1e-6);
+  CHECK(ref::rms_relative(widen(state.download()), expected_state) <= 1e-6);
+
+  const ms::wkv7::inputs<float> first = in.all(1);
+  const ms::sequence_view<float> y1(y.data(), p.B, 1, p.H, p.N);
+  CHECK(captured_nodes([&](const ms::wkv7::options& opt) {
+          ms::wkv7::step<32, ms::backend::cuda>(first, sv, y1, opt);
+        }) == 1);
+
+  auto expected_m = msi.m0;
+  const auto expected_o = ref::meta_state(p, msi.x, msi.n, expected_m);
+  CHECK(captured_nodes([&](const ms::wkv7::options& opt) {
+          mc::meta_state_sequence<32>(in.all(), start_view, in.view(x), mv, yv, opt);
+        }) == 1);
+  CHECK(ref::rms_relative(widen(y.download()), expected_o) <= 1e-6);
+  CHECK(ref::rms_relative(widen(m.download()), expected_m) <= 1e-6);
+
+  m.upload(convert<float>(msi.m0));
+  CHECK(captured_nodes([&](const ms::wkv7::options& opt) {
+          ms::meta_state::encode_sequence<32, ms::backend::cuda>(in.all(), start_view, in.view(x), ev, 32, ws, opt);
+          ms::meta_state::evolve<32, ms::backend::cuda>(in.view(in.w), in.view(in.a), in.view(in.b),
+                                                        ms::sequence_view<const float>(ev), in.view(x), mv, yv, ws, opt);
+        }) == 2);
+  CHECK(ref::rms_relative(widen(y.download()), expected_o) <= 1e-6);
+  CHECK(ref::rms_relative(widen(m.download()), expected_m) <= 1e-6);
 }
 
 TEST_CASE("cuda errors are exceptions that name the call or the tensor") {
