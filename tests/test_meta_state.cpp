@@ -320,7 +320,18 @@ TEST_CASE("meta-state ops check every tensor's shape and name it") {
   ms::wkv7::options negative;
   negative.exec.threads = -1;
   CHECK_THROWS_WITH_AS(ms::meta_state::encode_recorded(in.all(), saved, xv, ev, N, ws, negative),
-                       "exec.threads must be >= 0 (0: OpenMP's default), got -1", ms::value_error);
+                       "meta_state::encode_recorded: exec.threads must be >= 0 (0: OpenMP's default), got -1",
+                       ms::value_error);
+  // (With no token the pass does no work, and had never asked.)
+  CHECK_THROWS_WITH_AS(ms::meta_state::evolve_recorded(in.all(0, 0), saved, in.view(in.r, 0, 0),
+                                                       ms::state_view<float>(m.data(), 1, 2, N),
+                                                       ms::sequence_view<float>(o.data(), 1, 0, 2, N), N, ws, negative),
+                       "meta_state::evolve_recorded: exec.threads must be >= 0 (0: OpenMP's default), got -1",
+                       ms::value_error);
+  CHECK_THROWS_WITH_AS(ms::meta_state::evolve(in.view(in.w), in.view(in.a), in.view(in.b),
+                                              ms::sequence_view<const float>(ev), xv, ms::state_view<float>(m.data(), 1, 2, N),
+                                              ov, ws, negative),
+                       "meta_state::evolve: exec.threads must be >= 0 (0: OpenMP's default), got -1", ms::value_error);
   CHECK_THROWS_WITH_AS(ms::meta_state::encode_sequence<N>(in.all(), ms::state_view<const float>(start.data(), 1, 1, N),
                                                           xv, ev, N, ws),
                        "meta_state::encode_sequence: tensor 'start' has shape [1,1,16,16], expected [1,2,16,16]",
@@ -350,6 +361,44 @@ TEST_CASE("meta-state ops check every tensor's shape and name it") {
   CHECK_THROWS_WITH_AS(ms::meta_state::encode_sequence(negative_in, ms::state_view<const float>(start.data(), 1, 2, N),
                                                        xv, ev, N, ws),
                        "meta_state::encode_sequence: tensor 'r' has a negative extent [1,8,-2,16]", ms::shape_error);
+  // Tensors with no data, named (with n < N evolve copied x̃'s first n channels before any check).
+  const ms::sequence_view<const float> no_x(nullptr, 1, T_, 2, N), no_e(nullptr, 1, T_, 2, N);
+  for (int n : {N, 8}) {
+    CAPTURE(n);
+    const ms::sequence_view<const float> en(e.data(), 1, T_, 2, n);
+    const ms::state_view<float> mn(m.data(), 1, 2, n);
+    const ms::sequence_view<float> on(o.data(), 1, T_, 2, n);
+    CHECK_THROWS_WITH_AS(ms::meta_state::evolve(in.view(in.w), in.view(in.a), in.view(in.b), en, no_x, mn, on, ws),
+                         "meta_state::evolve: tensor 'x' has no data", ms::shape_error);
+    CHECK_THROWS_WITH_AS(ms::meta_state::evolve(in.view(in.w), in.view(in.a), in.view(in.b),
+                                                ms::sequence_view<const float>(nullptr, 1, T_, 2, n), xv, mn, on, ws),
+                         "meta_state::evolve: tensor 'e' has no data", ms::shape_error);
+  }
+  const ms::sequence_view<const float> x1(x.data(), 1, 1, 2, N), no_x1(nullptr, 1, 1, 2, N);
+  const ms::sequence_view<float> e1(e.data(), 1, 1, 2, N);
+  CHECK_THROWS_WITH_AS(ms::meta_state::encode(ms::state_view<const float>(start.data(), 1, 2, N), no_x1, e1, N),
+                       "meta_state::encode: tensor 'x' has no data", ms::shape_error);
+  CHECK_THROWS_WITH_AS(ms::meta_state::encode(ms::state_view<const float>(nullptr, 1, 2, N), x1, e1, N),
+                       "meta_state::encode: tensor 'state' has no data", ms::shape_error);
+#if METASTATE_VALIDATE_VALUES
+  // Values (checked in validating builds) under the caller's names and indices: the inner
+  // WKV-7 call would name its own copies ('r' for x̃, an index among n channels).
+  std::vector<float> bad_x = x;
+  bad_x[2 * N + N - 1] = std::nanf("");  // token 1, head 0, channel 15 (past n = 8)
+  const ms::sequence_view<const float> bad_xv(bad_x.data(), 1, T_, 2, N);
+  CHECK_THROWS_WITH_AS(ms::meta_state::evolve(in.view(in.w), in.view(in.a), in.view(in.b),
+                                              ms::sequence_view<const float>(e.data(), 1, T_, 2, 8), bad_xv,
+                                              ms::state_view<float>(m.data(), 1, 2, 8),
+                                              ms::sequence_view<float>(o.data(), 1, T_, 2, 8), ws),
+                       "meta_state::evolve: tensor 'x' has a non-finite value at flat index 47", ms::value_error);
+  CHECK_THROWS_WITH_AS(ms::meta_state::encode_sequence(in.all(), ms::state_view<const float>(start.data(), 1, 2, N),
+                                                       bad_xv, ev, N, ws),
+                       "meta_state::encode_sequence: tensor 'x' has a non-finite value at flat index 47",
+                       ms::value_error);
+  CHECK_THROWS_WITH_AS(ms::meta_state::encode_recorded(in.all(), saved, bad_xv, ev, N, ws),
+                       "meta_state::encode_recorded: tensor 'x' has a non-finite value at flat index 47",
+                       ms::value_error);
+#endif
 }
 
 TEST_CASE("meta-state models match the fp64 reference (SPEC §4, §7: 1e-5)") {

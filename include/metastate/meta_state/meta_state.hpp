@@ -4,6 +4,7 @@
 #include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
+#include <initializer_list>
 #include <string>
 #include <utility>
 #include <vector>
@@ -65,6 +66,23 @@ void expect_inputs(const char* context, const wkv7::inputs<T>& wkv, sequence_vie
   for (const auto& [name, view] : named) {
     expect_shape(context, name, view.shape(), shape);
     expect_data(context, name, view);
+  }
+}
+
+/// A negative thread count is refused under the op's own name (an inner call would use its own).
+inline void check_threads(const char* context, const wkv7::options& opt) {
+  if (opt.exec.threads < 0) throw_negative_threads(context, opt.exec.threads);
+}
+
+/// In validating builds (METASTATE_VALIDATE_VALUES), the caller's tensors under their own
+/// names and indices (an inner WKV-7 call would report its copies under its names): the
+/// decays in range, every value finite.
+template <class T>
+void validate_named(const char* context, sequence_view<const T> w, wkv7::decay_input decay,
+                    std::initializer_list<std::pair<const char*, sequence_view<const T>>> tensors) {
+  if constexpr (METASTATE_VALIDATE_VALUES) {
+    for (const auto& [name, view] : tensors) wkv7::detail::expect_finite(context, name, view.data(), view.size());
+    wkv7::detail::expect_decays(context, w, decay);
   }
 }
 
@@ -184,6 +202,9 @@ void encode(state_view<const S> state, sequence_view<const T> x, sequence_view<T
   detail::check_sse_dim("meta_state::encode", n, N);
   expect_shape("meta_state::encode", "x", x.shape(), std::array<index_t, 4>{B, 1, H, N});
   expect_shape("meta_state::encode", "e", e.shape(), std::array<index_t, 4>{B, 1, H, n});
+  detail::expect_data("meta_state::encode", "state", state);
+  detail::expect_data("meta_state::encode", "x", x);
+  detail::expect_data("meta_state::encode", "e", e);
   expect_disjoint("meta_state::encode", std::array{bytes_of("e", e)},
                   std::array{bytes_of("state", state), bytes_of("x", x)});
   using A = accum_t<T>;
@@ -217,12 +238,17 @@ void encode_sequence(const wkv7::inputs<T>& wkv, state_view<const S> start, sequ
   detail::expect_inputs("meta_state::encode_sequence", wkv, x, shape);
   detail::expect_data("meta_state::encode_sequence", "start", start);
   detail::expect_data("meta_state::encode_sequence", "e", e);
+  detail::check_threads("meta_state::encode_sequence", opt);
   expect_disjoint("meta_state::encode_sequence", std::array{bytes_of("e", e)},
                   std::array{bytes_of("r", wkv.r), bytes_of("w", wkv.w), bytes_of("k", wkv.k), bytes_of("v", wkv.v),
                              bytes_of("a", wkv.a), bytes_of("b", wkv.b), bytes_of("start", start), bytes_of("x", x)});
   if constexpr (detail::is_cuda<Backend>) {
     device_encode_sequence(detail::on_device{}, std::integral_constant<int, N>{}, wkv, start, x, e, n, opt);
   } else {
+    detail::validate_named<T>("meta_state::encode_sequence", wkv.w, opt.decay,
+                              {{"w", wkv.w}, {"k", wkv.k}, {"v", wkv.v}, {"a", wkv.a}, {"b", wkv.b}, {"x", x}});
+    if constexpr (METASTATE_VALIDATE_VALUES)
+      wkv7::detail::expect_finite("meta_state::encode_sequence", "start", start.data(), start.size());
     const index_t heads = x.size() / shape[3];
     const bool whole = n == shape[3];  // the default: x̃ is the query and e is the replay's y
     // Otherwise the query is x̃ with its channels past n zeroed, so y_t[:n] = S_t[:n,:n] x̃_t[:n].
@@ -338,6 +364,8 @@ void check_recorded(const char* context, const wkv7::inputs<T>& wkv, const wkv7:
   expect_extents(context, "r", shape);
   check_sse_dim(context, n, shape[3]);
   expect_inputs(context, wkv, x, shape);
+  check_threads(context, opt);
+  validate_named<T>(context, wkv.w, opt.decay, {{"w", wkv.w}, {"k", wkv.k}, {"v", wkv.v}, {"a", wkv.a}, {"b", wkv.b}, {"x", x}});
   auto described = [](const std::array<index_t, 4>& s, wkv7::decay_input decay) {
     return shape_string(s) + (decay == wkv7::decay_input::w ? " with decays w" : " with log-decays");
   };
@@ -693,12 +721,20 @@ void evolve(sequence_view<const T> w, sequence_view<const T> a, sequence_view<co
   expect_shape("meta_state::evolve", "e", e.shape(), std::array<index_t, 4>{w.batch(), w.tokens(), w.heads(), n});
   expect_shape("meta_state::evolve", "o", o.shape(), std::array<index_t, 4>{w.batch(), w.tokens(), w.heads(), n});
   expect_shape("meta_state::evolve", "m", m.shape(), std::array<index_t, 4>{w.batch(), w.heads(), n, n});
+  for (const auto& [name, view] : {std::pair{"w", &w}, std::pair{"a", &a}, std::pair{"b", &b}, std::pair{"e", &e},
+                                   std::pair{"x", &x}})
+    detail::expect_data("meta_state::evolve", name, *view);
+  detail::expect_data("meta_state::evolve", "m", m);
+  detail::expect_data("meta_state::evolve", "o", o);
+  detail::check_threads("meta_state::evolve", opt);
   expect_disjoint("meta_state::evolve", std::array{bytes_of("o", o), bytes_of("m", m)},
                   std::array{bytes_of("w", w), bytes_of("a", a), bytes_of("b", b), bytes_of("e", e), bytes_of("x", x)});
   // The Meta-State recurrence IS the WKV-7 op with (r, k, v) = (x̃, e, e) on the first n channels.
   if constexpr (detail::is_cuda<Backend>) {
     device_evolve(detail::on_device{}, std::integral_constant<int, Nn>{}, w, a, b, e, x, m, o, opt);
   } else {
+    detail::validate_named<T>("meta_state::evolve", w, opt.decay, {{"w", w}, {"a", a}, {"b", b}, {"e", e}, {"x", x}});
+    if constexpr (METASTATE_VALIDATE_VALUES) wkv7::detail::expect_finite("meta_state::evolve", "m", m.data(), m.size());
     const auto wn = detail::leading(w, n, ws.w), an = detail::leading(a, n, ws.a), bn = detail::leading(b, n, ws.b),
                xn = detail::leading(x, n, ws.x);
     wkv7::sequence<Nn, Backend>(wkv7::inputs<T>{xn, wn, e, e, an, bn}, m, o, opt);

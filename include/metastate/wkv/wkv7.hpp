@@ -145,6 +145,28 @@ struct record_access {
     return saved.every_ > 0 ? saved.removal_.data() : nullptr;
   }
 };
+
+/// Throws value_error "<context>: tensor '<name>' has a non-finite value at flat index i".
+template <class T>
+void expect_finite(const char* context, const char* name, const T* data, index_t size) {
+  for (index_t i = 0; i < size; ++i)
+    if (!std::isfinite(static_cast<double>(data[i])))
+      throw value_error(std::string(context) + ": tensor '" + name + "' has a non-finite value at flat index " +
+                        std::to_string(i));
+}
+
+/// Throws value_error unless every decay lies in (0, 1] (a log-decay in (-inf, 0]).
+template <class T>
+void expect_decays(const char* context, sequence_view<const T> w, decay_input decay) {
+  for (index_t i = 0; i < w.size(); ++i) {
+    const double x = static_cast<double>(w.data()[i]);
+    if (decay == decay_input::w ? !(x > 0 && x <= 1) : !(x <= 0))
+      throw value_error(std::string(context) + ": decay '" + (decay == decay_input::w ? "w" : "log w") + "' = " +
+                        std::to_string(x) + " at flat index " + std::to_string(i) + " is outside " +
+                        (decay == decay_input::w ? "(0, 1]" : "(-inf, 0]"));
+  }
+}
+
 }  // namespace detail
 
 /// Throws value_error if a decay lies outside (0, 1] (or a log-decay is positive), or any
@@ -154,28 +176,14 @@ template <class T>
 void validate_values(const inputs<T>& in, decay_input decay = decay_input::w) {
   const std::pair<const char*, const sequence_view<const T>*> named[] = {
       {"r", &in.r}, {"w", &in.w}, {"k", &in.k}, {"v", &in.v}, {"a", &in.a}, {"b", &in.b}};
-  for (const auto& [name, view] : named)
-    for (index_t i = 0; i < view->size(); ++i) {
-      const double x = static_cast<double>(view->data()[i]);
-      if (!std::isfinite(x))
-        throw value_error(std::string("wkv7: tensor '") + name + "' has a non-finite value at flat index " +
-                          std::to_string(i));
-    }
-  for (index_t i = 0; i < in.w.size(); ++i) {
-    const double x = static_cast<double>(in.w.data()[i]);
-    if (decay == decay_input::w ? !(x > 0 && x <= 1) : !(x <= 0))
-      throw value_error(std::string("wkv7: decay '") + (decay == decay_input::w ? "w" : "log w") +
-                        "' = " + std::to_string(x) + " at flat index " + std::to_string(i) + " is outside " +
-                        (decay == decay_input::w ? "(0, 1]" : "(-inf, 0]"));
-  }
+  for (const auto& [name, view] : named) detail::expect_finite("wkv7", name, view->data(), view->size());
+  detail::expect_decays("wkv7", in.w, decay);
 }
 
 /// As above, and the initial state S_0 must be finite too.
 template <class T, class S>
 void validate_values(const inputs<T>& in, state_view<const S> state, decay_input decay = decay_input::w) {
-  for (index_t i = 0; i < state.size(); ++i)
-    if (!std::isfinite(static_cast<double>(state.data()[i])))
-      throw value_error("wkv7: tensor 'state' has a non-finite value at flat index " + std::to_string(i));
+  detail::expect_finite("wkv7", "state", state.data(), state.size());
   validate_values(in, decay);
 }
 
