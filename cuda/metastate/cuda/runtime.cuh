@@ -135,6 +135,7 @@ class device_buffer {
     if (host.size() != size_)
       throw shape_error("device_buffer::upload: " + std::to_string(host.size()) + " elements into a buffer of " +
                         std::to_string(size_));
+    if (size_ == 0) return;  // (nothing to copy, and an empty buffer has no device pointer)
     check(cudaMemcpyAsync(data_, host.data(), size_ * sizeof(T), cudaMemcpyHostToDevice, stream),
           "cudaMemcpyAsync (upload)");
     check(cudaStreamSynchronize(stream), "cudaStreamSynchronize (upload)");
@@ -143,6 +144,7 @@ class device_buffer {
   /// queued there (the kernels of a call made with that `exec.stream`).
   std::vector<T> download(cudaStream_t stream = nullptr) const {
     std::vector<T> host(size_);
+    if (size_ == 0) return host;
     check(cudaMemcpyAsync(host.data(), data_, size_ * sizeof(T), cudaMemcpyDeviceToHost, stream),
           "cudaMemcpyAsync (download)");
     check(cudaStreamSynchronize(stream), "cudaStreamSynchronize (download)");
