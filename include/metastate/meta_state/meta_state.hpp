@@ -365,7 +365,8 @@ void check_recorded(const char* context, const wkv7::inputs<T>& wkv, const wkv7:
   check_sse_dim(context, n, shape[3]);
   expect_inputs(context, wkv, x, shape);
   check_threads(context, opt);
-  validate_named<T>(context, wkv.w, opt.decay, {{"w", wkv.w}, {"k", wkv.k}, {"v", wkv.v}, {"a", wkv.a}, {"b", wkv.b}, {"x", x}});
+  validate_named<T>(context, wkv.w, opt.decay,
+                    {{"w", wkv.w}, {"k", wkv.k}, {"v", wkv.v}, {"a", wkv.a}, {"b", wkv.b}, {"x", x}});
   auto described = [](const std::array<index_t, 4>& s, wkv7::decay_input decay) {
     return shape_string(s) + (decay == wkv7::decay_input::w ? " with decays w" : " with log-decays");
   };
