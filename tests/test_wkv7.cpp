@@ -213,11 +213,14 @@ TEST_CASE_TEMPLATE("wkv7 gives one thread's results on 3 to 8 threads, however t
 TEST_CASE_TEMPLATE("wkv7 sequence records its removals and every few states (for the Meta-State encoder)",
                    Backend, scalar, eigen, simd, simd8) {
   // B*H = 1 on two threads splits each state's rows; T = 3 is short enough for simd's row kernel.
-  // One record per `every` serves the three calls: it grows for the second and is reused,
-  // larger than needed, by the third.
+  // One record per `every` serves the calls: it grows for the second and is reused, larger
+  // than needed, by the others. With whole heads per thread the simd kernel writes the
+  // recorded states from its sweep (every = 1: each token reads the state from one slot and
+  // writes it into the next); y and the state must come out as without a record.
   for (int every : {1, 8, 64}) {
     ms::wkv7::record<float> saved(every);
-    for (auto [B, T_, H, threads] : {std::tuple{1, 70, 1, 2}, std::tuple{2, 33, 3, 1}, std::tuple{1, 3, 2, 1}}) {
+    for (auto [B, T_, H, threads] :
+         {std::tuple{1, 70, 1, 2}, std::tuple{2, 33, 3, 1}, std::tuple{1, 3, 2, 1}, std::tuple{2, 33, 3, 2}}) {
       CAPTURE(B);
       CAPTURE(T_);
       CAPTURE(threads);
@@ -246,8 +249,13 @@ TEST_CASE_TEMPLATE("wkv7 sequence records its removals and every few states (for
       std::vector<float> y(p.seq_size()), state = harness::convert<float>(p.s0);
       ms::wkv7::options opt;
       opt.exec.threads = threads;
+      std::vector<float> plain_y(y.size()), plain_state = state;
       ms::wkv7::sequence<64, Backend>(in.all(), ms::state_view<float>(state.data(), B, H, 64),
                                       ms::sequence_view<float>(y.data(), B, T_, H, 64), opt, saved);
+      ms::wkv7::sequence<64, Backend>(in.all(), ms::state_view<float>(plain_state.data(), B, H, 64),
+                                      ms::sequence_view<float>(plain_y.data(), B, T_, H, 64), opt);
+      CHECK(y == plain_y);
+      CHECK(state == plain_state);
       CHECK(saved.filled());
       CHECK(saved.shape() == std::array<ms::index_t, 4>{B, T_, H, 64});
       const std::vector<float> got_removal(saved.removal(), saved.removal() + removal.size()),

@@ -226,6 +226,15 @@ constexpr bool splits_rows_beyond_caches(long) {
   return false;
 }
 
+/// Whether `Unit` can write recorded states from its sweep (`records_in_sweep` and
+/// `store_after_token`; see `run_units`), or only copies them (`store`).
+template <class Unit, class = void>
+inline constexpr bool can_record_in_sweep = false;
+template <class Unit>
+inline constexpr bool can_record_in_sweep<
+    Unit, std::void_t<decltype(bool(std::declval<const Unit&>().records_in_sweep())),
+                      decltype(std::declval<Unit&>().store_after_token(nullptr))>> = true;
+
 /// Per-thread scratch that outlives a call: a model's prefill calls the op once per chunk,
 /// and allocating (and zeroing, and, past glibc's trim threshold, page-faulting) the units'
 /// buffers at every call cost up to a sixth of its time (docs/PERFORMANCE.md). Cache-line
@@ -334,9 +343,20 @@ void run_units(const problem<T, A>& p, const exec_policy& policy, int granularit
     return unit{item / p.heads, item % p.heads, part * rows_per_part, std::min(p.n, (part + 1) * rows_per_part)};
   };
   const index_t state_size = static_cast<index_t>(p.n) * p.n;
+  auto slot = [&](index_t u, index_t t) {
+    return p.saved_states + (t / p.every) * items * state_size + item_of(u) * state_size;
+  };
+  // A record holds the state before tokens 0, every, 2·every, ...: copied before the token,
+  // or written by the sweep of the token before it (told a token ahead).
   auto token = [&](Unit& k, index_t u, index_t t) {
-    if (p.every > 0 && t % p.every == 0)
-      k.store(p.saved_states + (t / p.every) * items * state_size + item_of(u) * state_size);
+    if constexpr (can_record_in_sweep<Unit>) {
+      if (p.every > 0 && k.records_in_sweep()) {
+        if (t == 0) k.store(slot(u, t));
+        if ((t + 1) % p.every == 0 && t + 1 < p.tokens) k.store_after_token(slot(u, t + 1));
+        return k.token(t);
+      }
+    }
+    if (p.every > 0 && t % p.every == 0) k.store(slot(u, t));
     k.token(t);
   };
   auto run_thread = [&](int tid) {

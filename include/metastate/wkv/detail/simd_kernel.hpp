@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <utility>
 #include <xsimd/xsimd.hpp>
 #if defined(__AVX__)
 #include <immintrin.h>
@@ -176,13 +177,25 @@ class simd_transposed_unit {
     float* y = load_.y_target(t);
     if (float* saved = p_.removal_target(u_.b, t, u_.h))  // u_t, formed during the previous token
       for (int q = u_.row0; q < u_.row1; q += L) store_output(batch::load_unaligned(removal_ + q), saved + q);
-    int i = u_.row0;
-    for (; i + RB * L <= u_.row1; i += RB * L) rows<RB>(i, x, a_next, y);
-    // Two threads splitting a state's 64 rows get 32 each: two 16-lane vectors.
-    for (; i + 2 * L <= u_.row1; i += 2 * L) rows<2>(i, x, a_next, y);
-    for (; i < u_.row1; i += L) rows<1>(i, x, a_next, y);
+    if (recorded_ || recording_)
+      sweep<true>(x, a_next, y);
+    else
+      sweep<false>(x, a_next, y);
     load_.commit_y(t, u_.row0, u_.row1);
+    recorded_ = std::exchange(recording_, nullptr);
   }
+
+  /// Whether the unit writes a recorded state from its sweep (`store_after_token`) instead of
+  /// copying it (`store`): where the record goes through the caches and the unit has all
+  /// rows (so its copy has the record's layout). A 16 KiB copy per recorded state cost more
+  /// than the sweep's stores elsewhere: the op's record every 16 tokens 1.09-1.10x the op
+  /// without it -> 1.065-1.09x at H = 12, 1.066 -> 1.031x at H = 1 (ad hoc, AVX2).
+  bool records_in_sweep() const { return !stream_outputs_ && rows_ == p_.n; }
+
+  /// The next token writes its state into the transposed n x n `dst` instead of the working
+  /// copy, and the token after reads it from there (`records_in_sweep` units only; never
+  /// for the last token: `finish` reads the working copy).
+  void store_after_token(float* dst) { recording_ = dst; }
 
   /// Writes the unit's rows of the current state into the transposed n x n `dst`: the
   /// private copy already has that layout, one contiguous run per column. Like y, it goes
@@ -210,11 +223,27 @@ class simd_transposed_unit {
  private:
   float* column(int j) { return work_ + static_cast<std::size_t>(j) * rows_; }
 
+  /// One token's update of all the unit's rows, in place, or (`Moves`) from `recorded_` or
+  /// the working copy to `recording_` or the working copy. (Separate code: with two pointers
+  /// where one would do, the op without a record ran 3 % slower, ad hoc.)
+  template <bool Moves>
+  METASTATE_ALWAYS_INLINE void sweep(const typename token_loader<T, float, N>::token& x, const float* a_next, float* y) {
+    const float* from = Moves && recorded_ ? recorded_ : work_;
+    float* to = Moves && recording_ ? recording_ : work_;
+    int i = u_.row0;
+    for (; i + RB * L <= u_.row1; i += RB * L) rows<RB, Moves>(i, x, a_next, y, from, to);
+    // Two threads splitting a state's 64 rows get 32 each: two 16-lane vectors.
+    for (; i + 2 * L <= u_.row1; i += 2 * L) rows<2, Moves>(i, x, a_next, y, from, to);
+    for (; i < u_.row1; i += L) rows<1, Moves>(i, x, a_next, y, from, to);
+  }
+
   // Always inlined into `token`: out of line (as GCC chose once the token had less code), one
   // thread ran 5 % slower (ad hoc, AVX2).
-  template <int R>
+  // The state is read from `from` and written to `to` where `Moves` (else in place in the
+  // working copy).
+  template <int R, bool Moves>
   METASTATE_ALWAYS_INLINE void rows(int i0, const typename token_loader<T, float, N>::token& x, const float* a_next,
-                                    float* y) {
+                                    float* y, const float* from, float* to) {
     const int n = head_size<N>(p_.n).value();
     float* removal = removal_;
     // Even and odd columns keep separate sums (where 32 vector registers hold them): at 2
@@ -234,13 +263,14 @@ class simd_transposed_unit {
     // size; 1.2x slower than the run-time head size in one binary, ad hoc).
     const float *xw = x.w, *xb = x.b, *xk = x.k, *xr = x.r;
     const std::size_t stride = static_cast<std::size_t>(rows_);
-    float* col = work_ + (i0 - u_.row0);
+    const float* in = from + (i0 - u_.row0);  // (read where Moves, else col)
+    float* col = to + (i0 - u_.row0);
     for (int j = 0; j < n; j += P) {  // n is a multiple of the lane count, so of P
-      for (int parity = 0; parity < P; ++parity, col += stride) {
+      for (int parity = 0; parity < P; ++parity, in += Moves ? stride : 0, col += stride) {
         const int c = j + parity;
         const batch w(xw[c]), b(xb[c]), k(xk[c]), r(xr[c]), a(a_next[c]);
         for (int q = 0; q < R; ++q) {
-          batch s = batch::load_unaligned(col + q * L) * w;
+          batch s = batch::load_unaligned((Moves ? in : col) + q * L) * w;
           s = xsimd::fma(u[q], b, s);
           s = xsimd::fma(v[q], k, s);
           s.store_unaligned(col + q * L);
@@ -309,6 +339,8 @@ class simd_transposed_unit {
   int rows_;
   float* work_;     // the unit's rows, transposed: column j at work_ + j * rows_
   float* removal_;  // u, indexed by state row
+  const float* recorded_ = nullptr;  // where the state is, if not in the working copy
+  float* recording_ = nullptr;       // where the next token writes it, if not there
   bool stream_outputs_;  // y and the record go around the caches: see `stream_min_bytes`
 };
 
