@@ -51,6 +51,10 @@ struct problem {
   A* removal_target(index_t b, index_t t, index_t h) const {
     return saved_removal ? saved_removal + ((b * tokens + t) * heads + h) * n : nullptr;
   }
+  /// Where the state of (b, h) before token t (a multiple of `every`) goes, when recording.
+  A* state_target(index_t b, index_t t, index_t h) const {
+    return saved_states + ((t / every * batch + b) * heads + h) * n * n;
+  }
 };
 
 #if defined(__AVX__)
@@ -342,16 +346,13 @@ void run_units(const problem<T, A>& p, const exec_policy& policy, int granularit
     const int part = static_cast<int>(split_every_head ? u / items : u % parts);
     return unit{item / p.heads, item % p.heads, part * rows_per_part, std::min(p.n, (part + 1) * rows_per_part)};
   };
-  const index_t state_size = static_cast<index_t>(p.n) * p.n;
-  auto slot = [&](index_t u, index_t t) {
-    return p.saved_states + (t / p.every) * items * state_size + item_of(u) * state_size;
-  };
   // A record holds the state before tokens 0, every, 2·every, ...: copied before the token,
-  // or written by the sweep of the token before it (told a token ahead).
+  // or written by the sweep of the token before it (told a token ahead; the unit puts the
+  // first where it goes itself).
+  auto slot = [&](index_t u, index_t t) { return p.state_target(item_of(u) / p.heads, t, item_of(u) % p.heads); };
   auto token = [&](Unit& k, index_t u, index_t t) {
     if constexpr (can_record_in_sweep<Unit>) {
       if (p.every > 0 && k.records_in_sweep()) {
-        if (t == 0) k.store(slot(u, t));
         if ((t + 1) % p.every == 0 && t + 1 < p.tokens) k.store_after_token(slot(u, t + 1));
         return k.token(t);
       }

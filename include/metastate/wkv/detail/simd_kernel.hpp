@@ -160,12 +160,17 @@ class simd_transposed_unit {
         stream_outputs_(std::is_same_v<T, float> &&
                         (p.y.size() * sizeof(float) >= stream_min_bytes || u.row1 - u.row0 < p.n)) {
     const int n = head_size<N>(p_.n).value();
-    transpose(s_ + static_cast<index_t>(u_.row0) * n, n, rows_, n, work_, rows_);
+    // Where the record takes the states from the sweep, S_0 goes straight into its slot, which
+    // the first token reads (a copy less: 1 % of the op at H = 12, ad hoc).
+    float* first = p.every > 0 && records_in_sweep() ? p.state_target(u.b, 0, u.h) : work_;
+    transpose(s_ + static_cast<index_t>(u_.row0) * n, n, rows_, n, first, rows_);
+    if (first != work_) recorded_ = first;
     // u for the first token: u = S_0 a_0, column by column.
     const float* a = load_.load_a_ahead(0);
     for (int i = 0; i < rows_; i += L) {
       batch acc(0.f);
-      for (int j = 0; j < n; ++j) acc = xsimd::fma(batch::load_unaligned(column(j) + i), batch(a[j]), acc);
+      for (int j = 0; j < n; ++j)
+        acc = xsimd::fma(batch::load_unaligned(first + static_cast<std::size_t>(j) * rows_ + i), batch(a[j]), acc);
       acc.store_unaligned(removal_ + u_.row0 + i);
     }
   }
@@ -193,8 +198,8 @@ class simd_transposed_unit {
   bool records_in_sweep() const { return !stream_outputs_ && rows_ == p_.n; }
 
   /// The next token writes its state into the transposed n x n `dst` instead of the working
-  /// copy, and the token after reads it from there (`records_in_sweep` units only; never
-  /// for the last token: `finish` reads the working copy).
+  /// copy, and the token after reads it from there (`records_in_sweep` units only, which put
+  /// S_0 into its slot themselves; never for the last token: `finish` reads the working copy).
   void store_after_token(float* dst) { recording_ = dst; }
 
   /// Writes the unit's rows of the current state into the transposed n x n `dst`: the
@@ -221,8 +226,6 @@ class simd_transposed_unit {
   }
 
  private:
-  float* column(int j) { return work_ + static_cast<std::size_t>(j) * rows_; }
-
   /// One token's update of all the unit's rows, in place, or (`Moves`) from `recorded_` or
   /// the working copy to `recording_` or the working copy. (Separate code: with two pointers
   /// where one would do, the op without a record ran 3 % slower, ad hoc.)
@@ -259,7 +262,7 @@ class simd_transposed_unit {
       for (int parity = 0; parity < P; ++parity) out[parity][q] = next[parity][q] = batch(0.f);
     }
     // Pointers and stride as locals, the column pointer stepped: with the members and
-    // `column(j)`, GCC recomputed each column's address from spilled values (static head
+    // a column accessor, GCC recomputed each column's address from spilled values (static head
     // size; 1.2x slower than the run-time head size in one binary, ad hoc).
     const float *xw = x.w, *xb = x.b, *xk = x.k, *xr = x.r;
     const std::size_t stride = static_cast<std::size_t>(rows_);
