@@ -172,6 +172,7 @@ class simd_transposed_unit {
       for (int j = 0; j < n; ++j)
         acc = xsimd::fma(batch::load_unaligned(first + static_cast<std::size_t>(j) * rows_ + i), batch(a[j]), acc);
       acc.store_unaligned(removal_ + u_.row0 + i);
+      if (float* saved = p_.removal_target(u_.b, 0, u_.h)) store_output(acc, saved + u_.row0 + i);
     }
   }
 
@@ -180,12 +181,13 @@ class simd_transposed_unit {
     // The last token has no successor; its "next u" is computed from its own a and unused.
     const float* a_next = t + 1 < p_.tokens ? load_.load_a_ahead(t + 1) : x.a;
     float* y = load_.y_target(t);
-    if (float* saved = p_.removal_target(u_.b, t, u_.h))  // u_t, formed during the previous token
-      for (int q = u_.row0; q < u_.row1; q += L) store_output(batch::load_unaligned(removal_ + q), saved + q);
+    // The sweep records the next token's u as it forms it (copied at the next token from
+    // the unit's u, the record cost the op 1.02-1.03x more at H = 12, ad hoc).
+    float* saved = t + 1 < p_.tokens ? p_.removal_target(u_.b, t + 1, u_.h) : nullptr;
     if (recorded_ || recording_)
-      sweep<true>(x, a_next, y);
+      sweep<true>(x, a_next, y, saved);
     else
-      sweep<false>(x, a_next, y);
+      sweep<false>(x, a_next, y, saved);
     load_.commit_y(t, u_.row0, u_.row1);
     recorded_ = std::exchange(recording_, nullptr);
   }
@@ -230,23 +232,24 @@ class simd_transposed_unit {
   /// the working copy to `recording_` or the working copy. (Separate code: with two pointers
   /// where one would do, the op without a record ran 3 % slower, ad hoc.)
   template <bool Moves>
-  METASTATE_ALWAYS_INLINE void sweep(const typename token_loader<T, float, N>::token& x, const float* a_next, float* y) {
+  METASTATE_ALWAYS_INLINE void sweep(const typename token_loader<T, float, N>::token& x, const float* a_next, float* y,
+                                     float* saved) {
     const float* from = Moves && recorded_ ? recorded_ : work_;
     float* to = Moves && recording_ ? recording_ : work_;
     int i = u_.row0;
-    for (; i + RB * L <= u_.row1; i += RB * L) rows<RB, Moves>(i, x, a_next, y, from, to);
+    for (; i + RB * L <= u_.row1; i += RB * L) rows<RB, Moves>(i, x, a_next, y, from, to, saved);
     // Two threads splitting a state's 64 rows get 32 each: two 16-lane vectors.
-    for (; i + 2 * L <= u_.row1; i += 2 * L) rows<2, Moves>(i, x, a_next, y, from, to);
-    for (; i < u_.row1; i += L) rows<1, Moves>(i, x, a_next, y, from, to);
+    for (; i + 2 * L <= u_.row1; i += 2 * L) rows<2, Moves>(i, x, a_next, y, from, to, saved);
+    for (; i < u_.row1; i += L) rows<1, Moves>(i, x, a_next, y, from, to, saved);
   }
 
   // Always inlined into `token`: out of line (as GCC chose once the token had less code), one
   // thread ran 5 % slower (ad hoc, AVX2).
   // The state is read from `from` and written to `to` where `Moves` (else in place in the
-  // working copy).
+  // working copy); the next u also goes to `saved`, if any.
   template <int R, bool Moves>
   METASTATE_ALWAYS_INLINE void rows(int i0, const typename token_loader<T, float, N>::token& x, const float* a_next,
-                                    float* y, const float* from, float* to) {
+                                    float* y, const float* from, float* to, float* saved) {
     const int n = head_size<N>(p_.n).value();
     float* removal = removal_;
     // Even and odd columns keep separate sums (where 32 vector registers hold them): at 2
@@ -289,6 +292,7 @@ class simd_transposed_unit {
       }
       store_output(out[0][q], y + i0 + q * L);
       next[0][q].store_unaligned(removal + i0 + q * L);
+      if (saved) store_output(next[0][q], saved + i0 + q * L);
     }
   }
 
