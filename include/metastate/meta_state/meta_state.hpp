@@ -650,7 +650,7 @@ void recorded_pass(const wkv7::inputs<T>& wkv, const wkv7::record<S>& saved, seq
         S* u = X + np * np;
         if (unit % blocks == 0) {  // a new head: M into its working copy, u_0 = M_0 a_0
           const index_t b = unit / blocks / H, h = unit / blocks % H;
-          std::fill_n(X, np * np, S(0));
+          if (n < np) std::fill_n(X, np * np, S(0));  // padding (else the transpose writes all of X)
           wkv7::detail::transpose(m.at(b, h), n, n, n, X, np);
           const S* a0 = nullptr;
           as_accum(wkv.a, b, 0, h, 1, &a0, u + np, false, S(0));  // (the readout row as the copy)
