@@ -182,7 +182,7 @@ class simd_transposed_unit {
     const float* a_next = t + 1 < p_.tokens ? load_.load_a_ahead(t + 1) : x.a;
     float* y = load_.y_target(t);
     // The sweep records the next token's u as it forms it (copied at the next token from
-    // the unit's u, the record cost the op 1.02-1.03x more at H = 12, ad hoc).
+    // the unit's u, the record cost 0.015-0.024 of the op more at H = 12, ad hoc).
     float* saved = t + 1 < p_.tokens ? p_.removal_target(u_.b, t + 1, u_.h) : nullptr;
     if (recorded_ || recording_)
       sweep<true>(x, a_next, y, saved);
@@ -194,9 +194,9 @@ class simd_transposed_unit {
 
   /// Whether the unit writes a recorded state from its sweep (`store_after_token`) instead of
   /// copying it (`store`): where the record goes through the caches and the unit has all
-  /// rows (so its copy has the record's layout). A 16 KiB copy per recorded state cost more
-  /// than the sweep's stores elsewhere: the op's record every 16 tokens 1.09-1.10x the op
-  /// without it -> 1.065-1.09x at H = 12, 1.066 -> 1.031x at H = 1 (ad hoc, AVX2).
+  /// rows (so its copy has the record's layout). With a 16 KiB copy per recorded state, a
+  /// record every 16 tokens cost 0.09-0.12 of the op at H = 12 and 0.07 at H = 1; written by
+  /// the sweep, 0.06 and 0.03-0.05 (ad hoc, AVX2; docs/PERFORMANCE.md, session 16).
   bool records_in_sweep() const { return !stream_outputs_ && rows_ == p_.n; }
 
   /// The next token writes its state into the transposed n x n `dst` instead of the working
@@ -243,10 +243,10 @@ class simd_transposed_unit {
     for (; i < u_.row1; i += L) rows<1, Moves>(i, x, a_next, y, from, to, saved);
   }
 
-  // Always inlined into `token`: out of line (as GCC chose once the token had less code), one
-  // thread ran 5 % slower (ad hoc, AVX2).
   // The state is read from `from` and written to `to` where `Moves` (else in place in the
-  // working copy); the next u also goes to `saved`, if any.
+  // working copy); the next u also goes to `saved`, if any. Always inlined into `token`: out
+  // of line (as GCC chose once the token had less code), one thread ran 5 % slower (ad hoc,
+  // AVX2).
   template <int R, bool Moves>
   METASTATE_ALWAYS_INLINE void rows(int i0, const typename token_loader<T, float, N>::token& x, const float* a_next,
                                     float* y, const float* from, float* to, float* saved) {
