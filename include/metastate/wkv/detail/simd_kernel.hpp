@@ -165,14 +165,15 @@ class simd_transposed_unit {
     float* first = p.every > 0 && records_in_sweep() ? p.state_target(u.b, 0, u.h) : work_;
     transpose(s_ + static_cast<index_t>(u_.row0) * n, n, rows_, n, first, rows_);
     if (first != work_) recorded_ = first;
-    // u for the first token: u = S_0 a_0, column by column.
+    // u for the first token: u = S_0 a_0, column by column (and into the record, if any).
     const float* a = load_.load_a_ahead(0);
+    float* saved = p_.removal_target(u_.b, 0, u_.h);
     for (int i = 0; i < rows_; i += L) {
       batch acc(0.f);
       for (int j = 0; j < n; ++j)
         acc = xsimd::fma(batch::load_unaligned(first + static_cast<std::size_t>(j) * rows_ + i), batch(a[j]), acc);
       acc.store_unaligned(removal_ + u_.row0 + i);
-      if (float* saved = p_.removal_target(u_.b, 0, u_.h)) store_output(acc, saved + u_.row0 + i);
+      if (saved) store_output(acc, saved + u_.row0 + i);
     }
   }
 
