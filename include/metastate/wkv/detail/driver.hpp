@@ -352,7 +352,7 @@ void run_units(const problem<T, A>& p, const exec_policy& policy, int granularit
   auto slot = [&](index_t u, index_t t) { return p.state_target(item_of(u) / p.heads, t, item_of(u) % p.heads); };
   auto token = [&](Unit& k, index_t u, index_t t) {
     if constexpr (can_record_in_sweep<Unit>) {
-      if (p.every > 0 && k.records_in_sweep()) {
+      if (k.records_in_sweep()) {
         if ((t + 1) % p.every == 0 && t + 1 < p.tokens) k.store_after_token(slot(u, t + 1));
         return k.token(t);
       }

@@ -162,7 +162,7 @@ class simd_transposed_unit {
     const int n = head_size<N>(p_.n).value();
     // Where the record takes the states from the sweep, S_0 goes straight into its slot, which
     // the first token reads (a copy less: 1 % of the op at H = 12, ad hoc).
-    float* first = p.every > 0 && records_in_sweep() ? p.state_target(u.b, 0, u.h) : work_;
+    float* first = records_in_sweep() ? p.state_target(u.b, 0, u.h) : work_;
     transpose(s_ + static_cast<index_t>(u_.row0) * n, n, rows_, n, first, rows_);
     if (first != work_) recorded_ = first;
     // u for the first token: u = S_0 a_0, column by column (and into the record, if any).
@@ -193,12 +193,12 @@ class simd_transposed_unit {
     recorded_ = std::exchange(recording_, nullptr);
   }
 
-  /// Whether the unit writes a recorded state from its sweep (`store_after_token`) instead of
-  /// copying it (`store`): where the record goes through the caches and the unit has all
-  /// rows (so its copy has the record's layout). With a 16 KiB copy per recorded state, a
+  /// Whether the unit writes its record's states from its sweep (`store_after_token`) instead
+  /// of copying them (`store`): where there is a record, it goes through the caches and the
+  /// unit has all rows (so its copy has the record's layout). With a 16 KiB copy per recorded state, a
   /// record every 16 tokens cost 0.09-0.12 of the op at H = 12 and 0.07 at H = 1; written by
   /// the sweep, 0.06 and 0.03-0.05 (ad hoc, AVX2; docs/PERFORMANCE.md, session 16).
-  bool records_in_sweep() const { return !stream_outputs_ && rows_ == p_.n; }
+  bool records_in_sweep() const { return p_.every > 0 && !stream_outputs_ && rows_ == p_.n; }
 
   /// The next token writes its state into the transposed n x n `dst` instead of the working
   /// copy, and the token after reads it from there (`records_in_sweep` units only, which put
